@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODELS ?= sample-models
+
+.PHONY: install models test unit lint serve clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,samples]'
+	touch $@
+
+models: install
+	$(PY) scripts/make_sample_models.py --out $(MODELS)
+
+test: install
+	$(PY) -m pytest -q tests
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check common frontend worker tests scripts
+	$(VENV)/bin/mypy common
+
+clean:
+	rm -rf $(VENV) $(MODELS) build *.egg-info

@@ -1,0 +1,128 @@
+"""The one error hierarchy of mxserve.
+
+Every error that can reach a client is an `MXServeError` subclass with a stable `type`
+name (it crosses the wire between worker, broker and frontend) and an HTTP status from
+one table, `HTTP_STATUS`. Nothing else maps errors to statuses.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class MXServeError(Exception):
+    """Base of every error mxserve reports. `type` is the stable name sent on the wire."""
+
+    type = "InternalServerError"
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS[self.type]
+
+    def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
+        """The JSON body of DESIGN §4: code, type, message, request_id."""
+        body: dict[str, Any] = {"code": self.status, "type": self.type, "message": self.message}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
+
+
+class InvalidInput(MXServeError):
+    type = "InvalidInput"
+
+
+class Unauthorized(MXServeError):
+    type = "Unauthorized"
+
+
+class ModelNotFound(MXServeError):
+    type = "ModelNotFound"
+
+
+class MethodNotAllowed(MXServeError):
+    type = "MethodNotAllowed"
+
+
+class PayloadTooLarge(MXServeError):
+    type = "PayloadTooLarge"
+
+
+class UnsupportedMediaType(MXServeError):
+    type = "UnsupportedMediaType"
+
+
+class ModelError(MXServeError):
+    """The model's own code (preprocess, inference, postprocess) raised."""
+
+    type = "ModelError"
+
+
+class InternalServerError(MXServeError):
+    type = "InternalServerError"
+
+
+class ServiceUnavailable(MXServeError):
+    """Overload, no ready worker, or a request lost twice; the client should retry."""
+
+    type = "ServiceUnavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 1, **detail: Any) -> None:
+        super().__init__(message, **detail)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(MXServeError):
+    type = "DeadlineExceeded"
+
+
+class ArchiveError(MXServeError):
+    """A model archive is malformed or unsafe; raised at load or export time."""
+
+    type = "ArchiveError"
+
+
+class ProtocolError(MXServeError):
+    """A wire message could not be decoded; logged, counted and dropped, never sent to clients."""
+
+    type = "ProtocolError"
+
+
+HTTP_STATUS: dict[str, int] = {
+    InvalidInput.type: 400,
+    Unauthorized.type: 401,
+    ModelNotFound.type: 404,
+    MethodNotAllowed.type: 405,
+    PayloadTooLarge.type: 413,
+    UnsupportedMediaType.type: 415,
+    ArchiveError.type: 400,
+    ModelError.type: 500,
+    InternalServerError.type: 500,
+    ProtocolError.type: 500,
+    ServiceUnavailable.type: 503,
+    DeadlineExceeded.type: 504,
+}
+
+_BY_TYPE: dict[str, type[MXServeError]] = {
+    cls.type: cls
+    for cls in (InvalidInput, Unauthorized, ModelNotFound, MethodNotAllowed, PayloadTooLarge,
+                UnsupportedMediaType, ModelError, InternalServerError, ServiceUnavailable,
+                DeadlineExceeded, ArchiveError, ProtocolError)
+}
+
+
+def error_from_wire(type_name: str, message: str) -> MXServeError:
+    """Rebuild an error received over the wire; unknown names become InternalServerError."""
+    cls = _BY_TYPE.get(type_name, InternalServerError)
+    return cls(message)
+
+
+# Process exit codes: a contract with whoever supervises the process (DESIGN §6).
+# "Bad config" and "model cannot load" must not be restart-looped; a crash is restarted.
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_BAD_CONFIG = 2  # also what argparse uses for a bad command line
+EXIT_MODEL_LOAD = 3

@@ -1,0 +1,180 @@
+"""The wire protocol between frontends, broker and workers (DESIGN §2).
+
+A message is one ZeroMQ multipart message (after any ROUTER identity envelope):
+
+    frame 0   TAG        b"MXS" + protocol version byte
+    frame 1   header     msgpack map:
+                           {"k": kind,                       # Kind, an int
+                            "f": {...},                      # message fields (model, device, ...)
+                            "i": [{"id": request id,         # items: the requests of a batch
+                                   "f": {...},               #   per-item fields (budget_ms, result, error)
+                                   "a": [[name, dtype, shape], ...]}, ...]}
+    frame 2.. one raw C-contiguous buffer per array, in item order, then array order
+
+Arrays never go through msgpack: they travel as their own frames (zero-copy on send above
+pyzmq's copy threshold) and the receiver builds each ndarray over its frame without copying.
+Only plain numeric dtypes cross the wire; object dtypes (pickle) are refused. Decoding is
+strict and raises `ProtocolError`; the receiver logs, counts and drops such a message.
+
+Two public functions: `to_frames(message)` and `from_frames(frames)`.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+from common.errors import ProtocolError
+
+VERSION = 1
+TAG = b"MXS" + bytes([VERSION])
+
+MAX_HEADER_BYTES = 1024 * 1024  # names, shapes and JSON-able results; arrays are not in here
+MAX_ARRAYS = 4096  # 256 requests x 16 inputs, far above any batch we send
+MAX_RANK = 8
+MAX_ID_CHARS = 128
+
+# Little-endian / byte-order-free numeric dtypes only: the machines we run on are little-endian.
+ALLOWED_DTYPES = frozenset(np.dtype(name).str for name in (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64"))
+
+
+class Kind(enum.IntEnum):
+    READY = 1  # worker -> broker: {model, device, max_batch_size, pid}
+    HEARTBEAT = 2  # both ways
+    REQUEST = 3  # frontend -> broker (one item), broker -> worker (a batch of items)
+    REPLY = 4  # worker -> broker -> frontend: per item a "result" or an "error"
+    ERROR = 5  # a whole message failed: fields {type, message}
+    DISCONNECT = 6  # either side is going away
+    CATALOG = 7  # frontend -> broker: which models, signatures, ready workers; reply in fields
+    MANAGE = 8  # management commands (register, unregister, scale)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One request inside a message: its id, its fields and its named arrays."""
+
+    id: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: Kind
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    items: Sequence[Item] = ()
+
+
+Frame = bytes | memoryview
+
+
+def to_frames(message: Message) -> list[Frame]:
+    """Encode a message; array frames are memoryviews over the arrays (no copy)."""
+    buffers: list[Frame] = []
+    items = []
+    for item in message.items:
+        descriptors = []
+        for name, array in item.arrays.items():
+            array = np.ascontiguousarray(array)
+            if array.dtype.str not in ALLOWED_DTYPES:
+                native = array.dtype.newbyteorder("=")
+                if native.str not in ALLOWED_DTYPES:
+                    raise ProtocolError(f"array {name!r} has dtype {array.dtype}, which cannot "
+                                        "cross the wire")
+                array = array.astype(native)
+            descriptors.append([name, array.dtype.str, list(array.shape)])
+            buffers.append(array.data.cast("B") if array.size else b"")
+        items.append({"id": item.id, "f": dict(item.fields), "a": descriptors})
+    header = {"k": int(message.kind), "f": dict(message.fields), "i": items}
+    return [TAG, msgpack.packb(header, use_bin_type=True), *buffers]
+
+
+def from_frames(frames: Sequence[Any]) -> Message:
+    """Decode frames (bytes, memoryviews or zmq.Frame); raise ProtocolError if malformed."""
+    if len(frames) < 2:
+        raise ProtocolError(f"message has {len(frames)} frames, needs at least 2")
+    tag = bytes(_buffer(frames[0]))
+    if tag != TAG:
+        raise ProtocolError(f"unknown protocol tag {tag[:8]!r} (expected {TAG!r})")
+    header_bytes = _buffer(frames[1])
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(header_bytes)} bytes is over the limit")
+    try:
+        header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.exceptions.UnpackException) as exc:
+        raise ProtocolError(f"header is not valid msgpack: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a map")
+    try:
+        kind = Kind(header.get("k"))
+    except ValueError as exc:
+        raise ProtocolError(f"unknown message kind {header.get('k')!r}") from exc
+    fields = _map(header.get("f", {}), "fields")
+    raw_items = header.get("i", [])
+    if not isinstance(raw_items, list):
+        raise ProtocolError("items is not a list")
+    buffers = frames[2:]
+    if len(buffers) > MAX_ARRAYS:
+        raise ProtocolError(f"{len(buffers)} array frames is over the limit of {MAX_ARRAYS}")
+    next_buffer = 0
+    items = []
+    for raw in raw_items:
+        raw = _map(raw, "item")
+        item_id = raw.get("id")
+        if not isinstance(item_id, str) or not item_id or len(item_id) > MAX_ID_CHARS:
+            raise ProtocolError(f"item id {item_id!r} is not a short non-empty string")
+        descriptors = raw.get("a", [])
+        if not isinstance(descriptors, list):
+            raise ProtocolError("array descriptors are not a list")
+        arrays: dict[str, np.ndarray] = {}
+        for descriptor in descriptors:
+            if next_buffer >= len(buffers):
+                raise ProtocolError("header describes more arrays than there are frames")
+            name, array = _array(descriptor, buffers[next_buffer])
+            if name in arrays:
+                raise ProtocolError(f"duplicate array name {name!r} in item {item_id!r}")
+            arrays[name] = array
+            next_buffer += 1
+        items.append(Item(id=item_id, fields=_map(raw.get("f", {}), "item fields"),
+                          arrays=arrays))
+    if next_buffer != len(buffers):
+        raise ProtocolError(f"{len(buffers) - next_buffer} array frames are not described")
+    return Message(kind=kind, fields=fields, items=tuple(items))
+
+
+def _array(descriptor: Any, frame: Any) -> tuple[str, np.ndarray]:
+    if not (isinstance(descriptor, list) and len(descriptor) == 3):
+        raise ProtocolError("array descriptor must be [name, dtype, shape]")
+    name, dtype, shape = descriptor
+    if not isinstance(name, str) or not name:
+        raise ProtocolError("array name must be a non-empty string")
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(f"array {name!r}: dtype {dtype!r} is not allowed")
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                       for d in shape)):
+        raise ProtocolError(f"array {name!r}: bad shape {shape!r}")
+    buffer = _buffer(frame)
+    dt = np.dtype(dtype)
+    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if expected != len(buffer):
+        raise ProtocolError(f"array {name!r}: shape {shape} of {dtype} needs {expected} bytes, "
+                            f"frame has {len(buffer)}")
+    return name, np.frombuffer(buffer, dtype=dt).reshape(shape)
+
+
+def _buffer(frame: Any) -> memoryview:
+    # zmq.Frame exposes .buffer; bytes and memoryviews are buffers already.
+    view = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def _map(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} is not a map")
+    return value

@@ -1,0 +1,27 @@
+"""mxserve: a multi-process model server for MXNet models, compatible with MMS 0.4 archives."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mxserve",
+    version="0.1.0",
+    description="Production model server for MXNet models (MMS 0.4 compatible)",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["common", "common.*", "frontend", "frontend.*",
+                                    "worker", "worker.*"]),
+    package_data={"common": ["*.json"]},
+    install_requires=[
+        "mxnet==1.9.1",            # the engine; 1.9.1 is the last release and runs on 3.11
+        "numpy>=1.21,<1.24",       # mxnet 1.9.1 uses numpy aliases removed in 1.24
+        "pyzmq>=25",               # frontend <-> broker <-> worker transport
+        "msgpack>=1.0",            # wire-protocol headers (never pickle)
+        "jsonschema>=4",           # MANIFEST.json validation against the MMS 0.4 schema
+        "opencv-python-headless>=4.8,<4.12",  # decode + INTER_CUBIC resize exactly as MMS 0.4
+        "flask>=3.0",
+        "gunicorn>=22",
+    ],
+    extras_require={
+        "samples": ["scikit-learn>=1.3"],  # bundled digits data and JPEG photos
+        "dev": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7", "ruff", "mypy"],
+    },
+    entry_points={"console_scripts": ["mxserve = common.cli:main"]},
+)

@@ -1,0 +1,30 @@
+"""Shared fixtures: sample models (built once, cached) and the MMS 0.4 reference folder."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "reference" / "mms04"
+SAMPLE_MODELS = Path(os.environ.get("MXSERVE_SAMPLE_MODELS", ROOT / "sample-models"))
+DATA = Path(__file__).resolve().parent / "data"
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not (REFERENCE / "digits.model").is_file():
+        pytest.fail(f"MMS 0.4 reference recordings not found at {REFERENCE}")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def sample_models() -> dict[str, Path]:
+    """The sample archives, built by scripts/make_sample_models.py when missing."""
+    import make_sample_models
+
+    return make_sample_models.build(SAMPLE_MODELS)

@@ -1,0 +1,128 @@
+"""Running one batch of requests through a ModelService, one answer or error per request.
+
+Steps, per batch: drop requests whose deadline has passed (504, not executed); check each
+request's arrays against the signature (400, the model never sees them); run the rest
+through `service.handle_batch` in one forward; if that raises, run them one by one so a
+single bad input fails alone (500 for it, answers for the others); make every answer
+msgpack-safe (numpy scalars and arrays become Python numbers and lists).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from common.errors import DeadlineExceeded, InvalidInput, ModelError, MXServeError
+from common.protocol import Item
+from common.signature import Signature
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 300  # model exception text sent to clients, trimmed; full text is logged
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A request's answer (`result`) or its error, keyed by request id."""
+
+    id: str
+    result: Any = None
+    error: MXServeError | None = None
+
+    def to_item(self) -> Item:
+        if self.error is not None:
+            return Item(id=self.id, fields={"error": {"type": self.error.type,
+                                                      "message": self.error.message}})
+        return Item(id=self.id, fields={"result": self.result})
+
+
+def run_batch(service: Any, signature: Signature, items: Sequence[Item],
+              deadlines: Sequence[float]) -> list[Outcome]:
+    """`deadlines`: per item, a time.monotonic() value after which it must not run."""
+    outcomes: dict[str, Outcome] = {}
+    runnable: list[tuple[Item, list[np.ndarray]]] = []
+    now = time.monotonic()
+    for item, deadline in zip(items, deadlines):
+        if now >= deadline:
+            outcomes[item.id] = Outcome(item.id, error=DeadlineExceeded(
+                "the request's deadline passed before a worker could run it"))
+            continue
+        try:
+            runnable.append((item, inputs_in_order(signature, item)))
+        except InvalidInput as exc:
+            outcomes[item.id] = Outcome(item.id, error=exc)
+    if runnable:
+        for outcome in _run(service, runnable):
+            outcomes[outcome.id] = outcome
+    return [outcomes[item.id] for item in items]
+
+
+def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
+    """The item's arrays in signature order, each checked against its TensorSpec."""
+    names = [spec.name for spec in signature.inputs]
+    extra = sorted(set(item.arrays) - set(names))
+    missing = [n for n in names if n not in item.arrays]
+    if missing or extra:
+        raise InvalidInput(f"expected inputs {names}, got {sorted(item.arrays)}")
+    ordered = []
+    for spec in signature.inputs:
+        array = item.arrays[spec.name]
+        if signature.is_image:
+            expected = (*spec.image_size, spec.channels)
+            if array.dtype != np.uint8 or array.shape != expected:
+                raise InvalidInput(f"input {spec.name!r} must be a uint8 image of shape "
+                                   f"{list(expected)} (H, W, C), got {array.dtype} "
+                                   f"{list(array.shape)}")
+        elif not spec.accepts(array.shape) or array.shape[0] < 1:
+            raise InvalidInput(f"input {spec.name!r} must have shape {list(spec.shape)} "
+                               f"(0 = any), got {list(array.shape)}")
+        ordered.append(array)
+    return ordered
+
+
+def _run(service: Any, runnable: list[tuple[Item, list[np.ndarray]]]) -> list[Outcome]:
+    try:
+        answers = service.handle_batch([inputs for _, inputs in runnable])
+        if len(answers) != len(runnable):
+            raise ModelError(f"the service returned {len(answers)} answers for "
+                             f"{len(runnable)} requests")
+        return [Outcome(item.id, result=to_wire(answer))
+                for (item, _), answer in zip(runnable, answers)]
+    except Exception as exc:
+        if len(runnable) > 1:
+            log.warning("batch of %d failed (%s: %s); isolating the failing request",
+                        len(runnable), type(exc).__name__, exc)
+            return [outcome for pair in runnable for outcome in _run(service, [pair])]
+        item = runnable[0][0]
+        log.exception("request %s: the model's code raised", item.id)
+        return [Outcome(item.id, error=_model_error(exc))]
+
+
+def _model_error(exc: Exception) -> MXServeError:
+    if isinstance(exc, MXServeError):
+        return exc
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return ModelError("the model raised " + text[:MAX_MESSAGE_CHARS])
+
+
+def to_wire(value: Any) -> Any:
+    """Convert a service's answer into plain msgpack/JSON types; refuse what cannot be."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "asnumpy"):  # mx.nd.NDArray
+        return value.asnumpy().tolist()
+    if isinstance(value, (list, tuple, map)):
+        return [to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_wire(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise ModelError(f"the service returned a {type(value).__name__}, which cannot be sent "
+                     "as JSON")

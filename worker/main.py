@@ -1,0 +1,195 @@
+"""The worker process: one model on one device, serving batches from a broker.
+
+    python -m worker --archive digits.model --broker ipc:///run/mxserve/workers [--gpu 0]
+
+Lifecycle:
+  1. Set the OpenMP thread count (before mxnet is imported), load and validate the
+     archive, construct the ModelService, bind it for max_batch_size.
+     Failure here exits with EXIT_MODEL_LOAD (3): the supervisor must not restart-loop it.
+  2. Connect a DEALER socket to the broker and send READY {model, device, max_batch_size}.
+  3. Loop: REQUEST -> run the batch -> REPLY (one reply per batch, an answer or an error per
+     request; a REPLY also tells the broker this worker is idle again). HEARTBEAT every
+     interval; if the broker is silent for `liveness` intervals, reconnect and say READY
+     again (the broker may have restarted). DISCONNECT from the broker -> exit.
+  4. SIGTERM/SIGINT: the handler only sets a flag and wakes the poller (self-pipe); the
+     current batch finishes, DISCONNECT is sent, exit 0. An unexpected exception exits
+     with EXIT_CRASH (1), which the supervisor restarts.
+
+MXNet is only ever called from this process's main thread (short-lived threads leak).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
+from common.protocol import Kind, Message, from_frames, to_frames
+
+log = logging.getLogger("worker")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mxserve worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--archive", required=True, help=".model zip or unpacked folder")
+    parser.add_argument("--model-name", help="serve under this name instead of the manifest's")
+    parser.add_argument("--broker", required=True, help="broker worker endpoint (ipc:// or tcp://)")
+    parser.add_argument("--gpu", type=int, default=None, help="GPU index; CPU when omitted")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OpenMP threads for this worker (default: inherited OMP_NUM_THREADS)")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--extract-dir", default=None, help="where zip archives are unpacked")
+    parser.add_argument("--worker-id", default=None, help="identity shown in the broker's logs")
+    parser.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds")
+    parser.add_argument("--heartbeat-liveness", type=int, default=3,
+                        help="missed heartbeats before the broker is presumed gone")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    if args.max_batch_size < 1:
+        parser.error("--max-batch-size must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: "
+                               "%(message)s")
+    if args.threads:
+        # Must precede the mxnet import: its OpenMP pool is sized once, at load.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    try:
+        from common.archive import load_archive
+        from worker.services.loader import load_service
+
+        archive = load_archive(args.archive, args.extract_dir, name=args.model_name)
+        service = load_service(archive, gpu=args.gpu, max_batch_size=args.max_batch_size)
+    except MXServeError as exc:
+        log.error("cannot load model from %s: %s", args.archive, exc.message)
+        return EXIT_MODEL_LOAD
+    except Exception:
+        log.exception("cannot load model from %s", args.archive)
+        return EXIT_MODEL_LOAD
+    try:
+        Worker(archive, service, args).run()
+    except Exception:
+        log.exception("worker crashed")
+        return EXIT_CRASH
+    return EXIT_OK
+
+
+class Worker:
+    def __init__(self, archive: Any, service: Any, args: argparse.Namespace) -> None:
+        import zmq  # after any fork: nothing ZeroMQ exists before the process starts
+
+        self.zmq = zmq
+        self.archive = archive
+        self.service = service
+        self.args = args
+        self.device = f"gpu:{args.gpu}" if args.gpu is not None else "cpu"
+        self.identity = (args.worker_id or f"{archive.name}-{os.getpid()}").encode()
+        self.interval_s = args.heartbeat_interval
+        self.stopping = False
+        self.context = zmq.Context()
+        self.socket: Any = None
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+
+    def run(self) -> None:
+        self._install_signals()
+        self._connect()
+        try:
+            self._loop()
+        finally:
+            self._send(Message(Kind.DISCONNECT, {"model": self.archive.name}))
+            self.socket.close(linger=500)  # let DISCONNECT leave, but never hang on exit
+            self.context.term()
+
+    def _install_signals(self) -> None:
+        def request_stop(signum: int, _frame: Any) -> None:
+            self.stopping = True  # no logging here: just queue the request
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        signal.set_wakeup_fd(self.wake_w)
+
+    def _connect(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+        self.socket = self.context.socket(self.zmq.DEALER)
+        self.socket.setsockopt(self.zmq.IDENTITY, self.identity)
+        self.socket.setsockopt(self.zmq.LINGER, 0)
+        self.socket.connect(self.args.broker)
+        self.poller = self.zmq.Poller()
+        self.poller.register(self.socket, self.zmq.POLLIN)
+        self.poller.register(self.wake_r, self.zmq.POLLIN)
+        self._send(Message(Kind.READY, {
+            "model": self.archive.name, "device": self.device, "pid": os.getpid(),
+            "max_batch_size": self.args.max_batch_size}))
+        self.last_heard = time.monotonic()
+        self.next_heartbeat = self.last_heard + self.interval_s
+        log.info("model %s on %s: READY to %s", self.archive.name, self.device, self.args.broker)
+
+    def _loop(self) -> None:
+        liveness_s = self.interval_s * self.args.heartbeat_liveness
+        while not self.stopping:
+            timeout_ms = max(0.0, self.next_heartbeat - time.monotonic()) * 1000
+            events = dict(self.poller.poll(timeout_ms))
+            if self.wake_r in events:
+                os.read(self.wake_r, 512)
+            if self.socket in events:
+                self._receive()
+            now = time.monotonic()
+            if now >= self.next_heartbeat:
+                self._send(Message(Kind.HEARTBEAT))
+                self.next_heartbeat = now + self.interval_s
+            if now - self.last_heard > liveness_s and not self.stopping:
+                log.warning("broker silent for %.1fs; reconnecting", now - self.last_heard)
+                self._connect()
+
+    def _receive(self) -> None:
+        # Drain everything queued: a broker restart can leave several messages waiting.
+        while not self.stopping:
+            try:
+                frames = self.socket.recv_multipart(self.zmq.NOBLOCK, copy=False)
+            except self.zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            try:
+                message = from_frames(frames)
+            except MXServeError as exc:
+                log.warning("dropped a malformed message from the broker: %s", exc.message)
+                continue
+            if message.kind == Kind.REQUEST:
+                self._serve(message)
+            elif message.kind == Kind.DISCONNECT:
+                log.info("broker asked this worker to stop")
+                self.stopping = True
+
+    def _serve(self, message: Message) -> None:
+        from worker.batch import run_batch
+
+        received = time.monotonic()
+        deadlines = [received + float(item.fields.get("budget_ms", 1e9)) / 1000.0
+                     for item in message.items]
+        started = time.monotonic()
+        outcomes = run_batch(self.service, self.archive.signature, message.items, deadlines)
+        inference_ms = (time.monotonic() - started) * 1000.0
+        self._send(Message(Kind.REPLY,
+                           {"model": self.archive.name, "batch_size": len(message.items),
+                            "inference_ms": round(inference_ms, 3)},
+                           [outcome.to_item() for outcome in outcomes]))
+
+    def _send(self, message: Message) -> None:
+        try:
+            self.socket.send_multipart(to_frames(message), copy=False)
+        except self.zmq.ZMQError as exc:
+            log.warning("send to broker failed: %s", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Forward passes over variable batch sizes without rebinding per request.
+
+An MXNet executor is bound for fixed input shapes. Rebinding for every batch size costs
+milliseconds and memory; instead the predictor binds once for the largest batch bucket and
+derives one executor per smaller bucket with `Executor.reshape`, which shares the weights
+and (because it only shrinks) the activation memory of the largest. A batch of n runs on
+the smallest bucket >= n, padded; buckets are powers of two up to `max_batch_size`, so
+padding costs at most 2x on the odd sizes and memory stays that of one max-size executor.
+
+Call it from one long-lived thread only (MXNet leaks memory per short-lived thread).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import mxnet as mx
+import numpy as np
+
+from common.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+MAX_SHAPE_VARIANTS = 8  # distinct non-batch input shapes kept bound (signatures with 0 dims)
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """Powers of two below max_batch_size, then max_batch_size itself: 1, 2, 4, ..., max."""
+    buckets = []
+    size = 1
+    while size < max_batch_size:
+        buckets.append(size)
+        size *= 2
+    buckets.append(max_batch_size)
+    return buckets
+
+
+class BucketedPredictor:
+    def __init__(self, symbol_path: Path, params_path: Path, input_names: Sequence[str],
+                 sample_shapes: Sequence[tuple[int, ...]], ctx: mx.Context) -> None:
+        """`sample_shapes`: each input's shape without the batch axis, 0s replaced by 1."""
+        try:
+            self.symbol = mx.sym.load(str(symbol_path))
+            loaded = mx.nd.load(str(params_path))
+        except mx.base.MXNetError as exc:
+            raise ArchiveError(f"cannot read the model's symbol or parameters: "
+                               f"{str(exc).splitlines()[0]}") from exc
+        if not isinstance(loaded, dict):
+            raise ArchiveError(f"{params_path.name} holds no named parameters")
+        self.ctx = ctx
+        self.input_names = list(input_names)
+        missing_inputs = [n for n in self.input_names if n not in self.symbol.list_arguments()]
+        if missing_inputs:
+            raise ArchiveError(f"signature inputs {missing_inputs} are not inputs of the symbol "
+                               f"(its arguments: {self.symbol.list_arguments()[:8]}...)")
+        self.arg_params, self.aux_params = self._split_params(loaded)
+        self.max_batch_size = 0
+        self._default_shapes = tuple(tuple(s) for s in sample_shapes)
+        self._executors: OrderedDict[tuple, mx.executor.Executor] = OrderedDict()
+        self._base: mx.executor.Executor | None = None
+        self.set_max_batch_size(1)
+
+    def _split_params(self, loaded: dict) -> tuple[dict, dict]:
+        args, auxs = {}, {}
+        arg_names = set(self.symbol.list_arguments())
+        for key, value in loaded.items():
+            kind, _, name = key.partition(":")
+            if not name:  # saved without the arg:/aux: prefix
+                kind, name = ("arg" if key in arg_names else "aux"), key
+            (args if kind == "arg" else auxs)[name] = value
+        return args, auxs
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        """(Re)bind for the largest bucket; smaller buckets are derived lazily from it."""
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.max_batch_size = max_batch_size
+        self.buckets = batch_buckets(max_batch_size)
+        self._executors.clear()
+        self._base = self._bind(max_batch_size, self._default_shapes)
+
+    def _bind(self, batch: int, shapes: tuple[tuple[int, ...], ...]) -> mx.executor.Executor:
+        input_shapes = {n: (batch, *s) for n, s in zip(self.input_names, shapes)}
+        exe = self.symbol.simple_bind(self.ctx, grad_req="null", **input_shapes)
+        missing = []
+        for name, array in exe.arg_dict.items():
+            if name in input_shapes:
+                continue
+            if name in self.arg_params:
+                self._copy_param(name, self.arg_params[name], array)
+            else:
+                missing.append(name)  # e.g. softmax_label: MMS 0.4 bound with allow_missing
+                array[:] = 0
+        for name, array in exe.aux_dict.items():
+            if name not in self.aux_params:
+                raise ArchiveError(f"auxiliary state {name!r} is missing from the parameters")
+            self._copy_param(name, self.aux_params[name], array)
+        if missing:
+            log.info("arguments not in the parameter file, zero-filled: %s", missing)
+        self._executors[(batch, shapes)] = exe
+        return exe
+
+    @staticmethod
+    def _copy_param(name: str, value: mx.nd.NDArray, target: mx.nd.NDArray) -> None:
+        if value.shape != target.shape:
+            raise ArchiveError(f"parameter {name!r} has shape {value.shape}, the symbol needs "
+                               f"{target.shape}")
+        value.copyto(target)
+
+    def _executor(self, bucket: int, shapes: tuple[tuple[int, ...], ...]) -> mx.executor.Executor:
+        key = (bucket, shapes)
+        exe = self._executors.get(key)
+        if exe is not None:
+            self._executors.move_to_end(key)
+            return exe
+        assert self._base is not None
+        grow = shapes != self._default_shapes
+        exe = self._base.reshape(partial_shaping=False, allow_up_sizing=grow,
+                                 **{n: (bucket, *s) for n, s in zip(self.input_names, shapes)})
+        self._executors[key] = exe
+        if len(self._executors) > len(self.buckets) * MAX_SHAPE_VARIANTS:
+            oldest = next(k for k in self._executors if k[1] != self._default_shapes)
+            del self._executors[oldest]
+        return exe
+
+    def bucket_for(self, n: int) -> int:
+        for bucket in self.buckets:
+            if bucket >= n:
+                return bucket
+        raise ValueError(f"batch of {n} is larger than max_batch_size {self.max_batch_size}")
+
+    def forward(self, inputs: Sequence[np.ndarray | mx.nd.NDArray]) -> list[mx.nd.NDArray]:
+        """Run one forward on stacked inputs (batch axis 0); returns outputs cut to n rows."""
+        n = inputs[0].shape[0]
+        if n > self.max_batch_size:
+            # Larger than any bucket (a custom service stacked more): run in slices.
+            parts = [self.forward([x[i:i + self.max_batch_size] for x in inputs])
+                     for i in range(0, n, self.max_batch_size)]
+            return [mx.nd.concat(*pieces, dim=0) for pieces in zip(*parts)]
+        shapes = tuple(tuple(x.shape[1:]) for x in inputs)
+        exe = self._executor(self.bucket_for(n), shapes)
+        for name, value in zip(self.input_names, inputs):
+            exe.arg_dict[name][:n] = value
+        exe.forward(is_train=False)
+        return [out[:n] for out in exe.outputs]

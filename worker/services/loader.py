@@ -1,0 +1,93 @@
+"""Finding the ModelService class for an archive, and constructing it.
+
+MMS 0.4's exporter copies its stock `mxnet_vision_service.py` / `mxnet_model_service.py`
+into every archive; those (which import `mms.*`) are recognised by file name and replaced
+by the built-in equivalents. Any other service file is imported as a custom service: it
+must define ModelService subclasses, and the leaf among them (the class nothing else in
+the file derives from) is the service, as in 0.4. Imports of `mms.model_service.*` and
+`mms.utils.mxnet.*` in such a file resolve to mxserve's classes (see `mms_alias`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from common.archive import ModelArchive
+from common.errors import ArchiveError
+from worker.services import mms_alias
+from worker.services.base import MXNetBaseService, ModelService
+from worker.services.vision import MXNetVisionService
+
+log = logging.getLogger(__name__)
+
+STOCK_SERVICES: dict[str, type[ModelService]] = {
+    "mxnet_vision_service.py": MXNetVisionService,
+    "mxnet_model_service.py": MXNetBaseService,
+}
+
+
+def service_class_for(archive: ModelArchive) -> type[ModelService]:
+    file_name = archive.manifest.service_file
+    if file_name in STOCK_SERVICES:
+        return STOCK_SERVICES[file_name]
+    path = archive.service_path
+    if not path.is_file():
+        raise ArchiveError(f"service file {file_name!r} named in MANIFEST.json is not in the "
+                           "archive")
+    if path.suffix != ".py":
+        raise ArchiveError(f"service file {file_name!r} must be a Python (.py) file")
+    classes = service_classes_in(path)
+    if not classes:
+        raise ArchiveError(f"{file_name} defines no ModelService subclass (a custom service "
+                           "subclasses MXNetBaseService or MXNetVisionService)")
+    if len(classes) > 1:
+        raise ArchiveError(f"{file_name} defines several unrelated services "
+                           f"{sorted(c.__name__ for c in classes)}; keep exactly one")
+    return classes[0]
+
+
+def service_classes_in(path: Path) -> list[type[ModelService]]:
+    """The leaf ModelService subclasses defined in the Python file at `path`."""
+    module = import_file(path)
+    defined = [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+               if issubclass(cls, ModelService) and cls.__module__ == module.__name__]
+    return [cls for cls in defined
+            if not any(other is not cls and issubclass(other, cls) for other in defined)]
+
+
+def import_file(path: Path) -> ModuleType:
+    mms_alias.install()
+    module_name = "mxserve_service_" + re.sub(r"\W", "_", path.stem)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ArchiveError(f"cannot import {path.name}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a custom file can raise anything at import
+        sys.modules.pop(module_name, None)
+        raise ArchiveError(f"importing {path.name} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_service(archive: ModelArchive, gpu: int | None = None,
+                 max_batch_size: int = 1) -> ModelService:
+    """Construct the archive's service the 0.4 way and bind it for `max_batch_size`."""
+    cls = service_class_for(archive)
+    log.info("model %s: service %s from %s", archive.name, cls.__name__,
+             archive.manifest.service_file)
+    try:
+        service = cls(archive.name, str(archive.root), archive.manifest.raw, gpu)
+        service.set_max_batch_size(max_batch_size)
+    except ArchiveError:
+        raise
+    except Exception as exc:
+        raise ArchiveError(f"{cls.__name__} failed to initialise: {type(exc).__name__}: "
+                           f"{exc}") from exc
+    return service
