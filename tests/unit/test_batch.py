@@ -1,0 +1,94 @@
+"""The batch runner's rules, with a plain-Python service (no model needed for this logic)."""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from common.errors import ModelError
+from common.protocol import Item
+from common.signature import parse_signature
+from worker.batch import run_batch, to_wire
+
+SIGNATURE = parse_signature({
+    "inputs": [{"data_name": "x", "data_shape": [0, 2]}], "input_type": "application/json",
+    "outputs": [{"data_name": "y", "data_shape": [0, 2]}], "output_type": "application/json"})
+
+
+class Doubler:
+    """Answers 2x per request; raises for any request containing a negative number."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def handle_batch(self, requests):
+        self.batches.append(len(requests))
+        for (x,) in requests:
+            if (x < 0).any():
+                raise ValueError("negative input\nsecond line with /secret/path")
+        return [(x * 2).tolist() for (x,) in requests]
+
+
+def items(*arrays):
+    return [Item(f"r{i}", {}, {"x": np.asarray(a, np.float32)}) for i, a in enumerate(arrays)]
+
+
+FAR = time.monotonic() + 3600
+
+
+def test_one_forward_for_the_whole_batch():
+    service = Doubler()
+    outcomes = run_batch(service, SIGNATURE, items([[1, 2]], [[3, 4]], [[5, 6], [7, 8]]), [FAR] * 3)
+    assert service.batches == [3]
+    assert [o.result for o in outcomes] == [[[2, 4]], [[6, 8]], [[10, 12], [14, 16]]]
+
+
+def test_a_failing_request_fails_alone_without_traceback():
+    service = Doubler()
+    outcomes = run_batch(service, SIGNATURE, items([[1, 2]], [[-1, 0]], [[3, 4]]), [FAR] * 3)
+    assert outcomes[0].result == [[2, 4]] and outcomes[2].result == [[6, 8]]
+    error = outcomes[1].error
+    assert isinstance(error, ModelError)
+    assert error.message == "the model raised ValueError: negative input"
+    assert service.batches == [3, 1, 1, 1]
+
+
+def test_expired_requests_are_not_executed():
+    service = Doubler()
+    past = time.monotonic() - 1
+    outcomes = run_batch(service, SIGNATURE, items([[1, 2]], [[3, 4]]), [past, FAR])
+    assert outcomes[0].error.type == "DeadlineExceeded"
+    assert outcomes[1].result == [[6, 8]]
+    assert service.batches == [1]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"x": np.zeros((1, 3), np.float32)}, r"shape \[0, 2\]"),
+    ({"x": np.zeros((0, 2), np.float32)}, r"shape \[0, 2\]"),
+    ({"y": np.zeros((1, 2), np.float32)}, r"expected inputs \['x'\]"),
+    ({}, r"expected inputs \['x'\]"),
+])
+def test_inputs_not_matching_the_signature_never_reach_the_model(bad, match):
+    service = Doubler()
+    outcomes = run_batch(service, SIGNATURE, [Item("bad", {}, bad)] + items([[1, 1]]), [FAR] * 2)
+    assert outcomes[0].error.type == "InvalidInput"
+    assert re.search(match, outcomes[0].error.message)
+    assert outcomes[1].result == [[2, 2]] and service.batches == [1]
+
+
+def test_wrong_number_of_answers_is_a_model_error():
+    class Short:
+        def handle_batch(self, requests):
+            return []
+
+    outcomes = run_batch(Short(), SIGNATURE, items([[1, 2]], [[3, 4]]), [FAR] * 2)
+    assert all(o.error and o.error.type == "ModelError" for o in outcomes)
+
+
+def test_answers_are_made_wire_safe():
+    assert to_wire({"a": np.float32(0.5), "b": (np.int64(3), np.arange(2))}) == \
+        {"a": 0.5, "b": [3, [0, 1]]}
+    with pytest.raises(ModelError, match="cannot be sent"):
+        to_wire({"a": object()})
