@@ -17,7 +17,8 @@ $(VENV)/.installed: setup.py
 models: install
 	$(PY) scripts/make_sample_models.py --out $(MODELS)
 
-test: install
+test: lint
+	$(PY) scripts/make_sample_models.py --out $(MODELS)
 	$(PY) -m pytest -q tests
 
 unit: install

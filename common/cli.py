@@ -1,6 +1,7 @@
 """The `mxserve` command: subcommands dispatch lazily so `export` never imports mxnet.
 
-    mxserve export --model-name NAME --model-path DIR [--service-file-path F] [--export-path D] [--force]
+    mxserve export --model-name NAME --model-path DIR [--service-file-path F]
+                   [--export-path D] [--force]
     mxserve worker --archive A --broker ENDPOINT [--gpu N] ...
 """
 from __future__ import annotations

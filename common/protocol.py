@@ -7,7 +7,7 @@ A message is one ZeroMQ multipart message (after any ROUTER identity envelope):
                            {"k": kind,                       # Kind, an int
                             "f": {...},                      # message fields (model, device, ...)
                             "i": [{"id": request id,         # items: the requests of a batch
-                                   "f": {...},               #   per-item fields (budget_ms, result, error)
+                                   "f": {...},               #   budget_ms, result, error
                                    "a": [[name, dtype, shape], ...]}, ...]}
     frame 2.. one raw C-contiguous buffer per array, in item order, then array order
 
@@ -111,7 +111,7 @@ def from_frames(frames: Sequence[Any]) -> Message:
     if not isinstance(header, dict):
         raise ProtocolError("header is not a map")
     try:
-        kind = Kind(header.get("k"))
+        kind = Kind(int(header["k"]) if type(header.get("k")) is int else -1)
     except ValueError as exc:
         raise ProtocolError(f"unknown message kind {header.get('k')!r}") from exc
     fields = _map(header.get("f", {}), "fields")

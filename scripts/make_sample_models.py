@@ -199,7 +199,8 @@ def build(out: Path, only: list[str] | None = None, force: bool = False) -> dict
         if force or not archive.exists():
             result = BUILDERS[name](out)
             if name == "digits":
-                print(f"digits: held-out accuracy {result:.4f} ({len(list((out / 'digits_heldout').glob('*.jpg')))} images)")
+                count = len(list((out / "digits_heldout").glob("*.jpg")))
+                print(f"digits: held-out accuracy {result:.4f} ({count} images)")
                 if result < MIN_DIGITS_ACCURACY:
                     raise SystemExit(f"digits accuracy {result:.4f} is below "
                                      f"{MIN_DIGITS_ACCURACY}")

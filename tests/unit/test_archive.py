@@ -40,7 +40,10 @@ def snapshot_outside(sandbox: Path) -> set[str]:
             if "extract" not in p.relative_to(sandbox).parts[:1]}
 
 
-def assert_refused(sandbox: Path, archive: Path, match: str, limits=ExtractionLimits()):
+DEFAULT_LIMITS = ExtractionLimits()
+
+
+def assert_refused(sandbox: Path, archive: Path, match: str, limits=DEFAULT_LIMITS):
     before = snapshot_outside(sandbox)
     with pytest.raises(ArchiveError, match=match):
         load_archive(archive, sandbox / "extract", limits=limits)

@@ -56,7 +56,7 @@ class ModelService(ABC):
         """One answer per request; the default runs them one at a time."""
         return [self.inference(request) for request in requests]
 
-    def set_max_batch_size(self, max_batch_size: int) -> None:
+    def set_max_batch_size(self, max_batch_size: int) -> None:  # noqa: B027 (optional hook)
         """Called once by the worker before serving; services that bind shapes bind here."""
 
 
