@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT.parent / "shared" / "reference" / "mms04"
+# The MMS 0.4 recordings live in ../shared/reference/mms04 (the source of truth); a verbatim
+# copy travels in tests/data/mms04 so a clone anywhere can run the suite.
+SHARED_REFERENCE = ROOT.parent / "shared" / "reference" / "mms04"
+VENDORED_REFERENCE = Path(__file__).resolve().parent / "data" / "mms04"
+REFERENCE = SHARED_REFERENCE if SHARED_REFERENCE.is_dir() else VENDORED_REFERENCE
 SAMPLE_MODELS = Path(os.environ.get("MXSERVE_SAMPLE_MODELS", ROOT / "sample-models"))
 DATA = Path(__file__).resolve().parent / "data"
 
