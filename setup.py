@@ -17,7 +17,7 @@ setup(
         "jsonschema>=4",           # MANIFEST.json validation against the MMS 0.4 schema
         "opencv-python-headless>=4.8,<4.12",  # decode + INTER_CUBIC resize exactly as MMS 0.4
         "flask>=3.0",
-        "gunicorn>=22",
+        "gunicorn>=27,<28",       # gthread frontends; 27 added the control socket we place per instance
     ],
     extras_require={
         "samples": ["scikit-learn>=1.3"],  # bundled digits data and JPEG photos

@@ -18,8 +18,13 @@ def main(argv: list[str] | None = None) -> int:
         from worker.main import main as worker_main
 
         return worker_main(argv[1:])
+    if argv and argv[0] == "start":
+        from worker.launcher import main as start_main
+
+        return start_main(argv[1:])
     parser = argparse.ArgumentParser(prog="mxserve", description="MXNet model server")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("start", help="serve models (see `mxserve start -h`)")
     commands.add_parser("worker", help="run one worker process (see `mxserve worker -h`)")
     export = commands.add_parser("export", help="build a .model archive (MMS 0.4 compatible)")
     export.add_argument("--model-name", required=True)

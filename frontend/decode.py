@@ -1,38 +1,160 @@
-"""Decoding request inputs into the arrays a worker expects (the frontend's job, DESIGN §1).
+"""Turning a predict request's form fields into the arrays a worker expects (DESIGN §1, §4).
 
-Images: the bytes are sniffed (JPEG and PNG accepted, anything else is 415), the header
-is read to refuse oversize images before decoding, then the image is decoded to RGB and
-stretch-resized to the signature's H x W with OpenCV's INTER_CUBIC, exactly as MMS 0.4's
-`mx.image.imresize(..., interp=2)` did, giving an H x W x C uint8 array.
+Images (`image/jpeg` signatures): a file part, or a base64 string field as MMS 0.4 allowed.
+The bytes are sniffed (JPEG and PNG accepted, the declared content type is ignored, anything
+else is 415); the size is read from the header and refused (413) before any pixel is
+decoded; decoding is strict (a truncated file is 400, never a half-grey prediction); EXIF
+orientation is applied as OpenCV (and so MMS 0.4) did; the result is stretch-resized to the
+signature's H x W with OpenCV's INTER_CUBIC, exactly MMS 0.4's `imresize(..., interp=2)`
+(Pillow decodes JPEG pixel-identically to OpenCV; its bicubic resize differs, so the resize
+is OpenCV's). Output: an H x W x C uint8 array (RGB, or gray for 1-channel signatures).
+
+JSON tensors (`application/json`): real JSON, nesting bounded before parsing, finite
+numbers only, a shape that matches the signature (0 = any; a missing batch axis is added).
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
 import cv2
 import numpy as np
+from PIL import Image, ImageOps
 
-from common.errors import InvalidInput, UnsupportedMediaType
+from common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from common.signature import Signature, TensorSpec
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ACCEPTED_FORMATS = {"JPEG", "PNG"}
+# Pillow's own bomb guard (warn at 89 Mpx, refuse at 179 Mpx) is replaced by ours, which is
+# stricter (max_image_pixels) and answers 413 with the image's size.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_image_pixels: int = 16_000_000
+    max_json_depth: int = 32
+    max_tensor_elements: int = 16_000_000
+
+
+@dataclass(frozen=True)
+class Field:
+    """One form value: a file part's bytes or a text field's string."""
+
+    name: str
+    data: bytes | str
+    is_file: bool
+
+
+def decode_inputs(signature: Signature, fields: list[Field], limits: Limits
+                  ) -> dict[str, np.ndarray]:
+    expected = [spec.name for spec in signature.inputs]
+    unexpected = sorted({f.name for f in fields} - set(expected))
+    if unexpected:
+        raise InvalidInput(f"unexpected field(s) {unexpected}; this model takes {expected} "
+                           "(see /api-description)")
+    arrays = {}
+    for spec in signature.inputs:
+        given = [f for f in fields if f.name == spec.name]
+        if not given:
+            raise InvalidInput(f"missing field {spec.name!r}: this endpoint expects "
+                               f"{expected} as multipart/form-data (see /api-description)")
+        if len(given) > 1:
+            raise InvalidInput(f"field {spec.name!r} was sent {len(given)} times; send it once")
+        if signature.is_image:
+            arrays[spec.name] = decode_image(_image_bytes(given[0]), spec, limits)
+        else:
+            arrays[spec.name] = decode_tensor(given[0].data, spec, limits)
+    return arrays
+
+
+def _image_bytes(field: Field) -> bytes:
+    if field.is_file:
+        data = field.data if isinstance(field.data, bytes) else field.data.encode()
+    else:
+        text = field.data if isinstance(field.data, str) else field.data.decode("latin-1")
+        text = text.strip()
+        if text.startswith("data:") and "," in text:  # a data: URL from a browser
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"field {field.name!r} is neither a file nor valid base64") from exc
+    if not data:
+        raise InvalidInput(f"field {field.name!r} is empty")
+    return data
 
 
 def sniff_image(data: bytes) -> str:
     if data.startswith(JPEG_MAGIC):
-        return "image/jpeg"
+        return "JPEG"
     if data.startswith(PNG_MAGIC):
-        return "image/png"
+        return "PNG"
     raise UnsupportedMediaType("the file is not a JPEG or PNG image")
 
 
-def decode_image(data: bytes, height: int, width: int, channels: int = 3) -> np.ndarray:
-    """Encoded JPEG/PNG bytes -> height x width x channels uint8 (RGB or gray)."""
+def decode_image(data: bytes, spec: TensorSpec, limits: Limits) -> np.ndarray:
+    """Encoded JPEG/PNG -> H x W x C uint8 at the signature's size."""
     sniff_image(data)
-    flag = cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if decoded is None:
-        raise InvalidInput("the image could not be decoded (corrupt or truncated)")
-    if channels == 3:
-        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-    if decoded.shape[:2] != (height, width):
-        decoded = cv2.resize(decoded, (width, height), interpolation=cv2.INTER_CUBIC)
-    return decoded.reshape(height, width, channels)
+    height, width = spec.image_size
+    try:
+        image = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
+        if image.width * image.height > limits.max_image_pixels:
+            raise PayloadTooLarge(f"the image is {image.width}x{image.height} pixels; "
+                                  f"the limit is {limits.max_image_pixels} pixels")
+        image.load()  # strict: a truncated or corrupt file raises here
+        image = ImageOps.exif_transpose(image)
+        image = image.convert("RGB" if spec.channels == 3 else "L")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"the image could not be decoded: {exc}") from exc
+    pixels_hwc = np.asarray(image)
+    if pixels_hwc.shape[:2] != (height, width):
+        pixels_hwc = cv2.resize(pixels_hwc, (width, height), interpolation=cv2.INTER_CUBIC)
+    return pixels_hwc.reshape(height, width, spec.channels)
+
+
+def decode_tensor(data: bytes | str, spec: TensorSpec, limits: Limits) -> np.ndarray:
+    text = data.decode("utf-8", errors="strict") if isinstance(data, bytes) else data
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:  # the C parser stops at Python's recursion limit, fast
+        raise InvalidInput(f"field {spec.name!r}: JSON nested too deeply") from exc
+    except ValueError as exc:
+        raise InvalidInput(f"field {spec.name!r} is not valid JSON: {exc}") from exc
+    depth = _leading_depth(value)
+    if depth > limits.max_json_depth:
+        raise InvalidInput(f"field {spec.name!r}: JSON nested {depth} deep; the limit is "
+                           f"{limits.max_json_depth}")
+    try:
+        array = np.array(value, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"field {spec.name!r} must be a rectangular list of numbers") from exc
+    if array.size > limits.max_tensor_elements:
+        raise PayloadTooLarge(f"field {spec.name!r} has {array.size} numbers; the limit is "
+                              f"{limits.max_tensor_elements}")
+    if not np.isfinite(array).all():
+        raise InvalidInput(f"field {spec.name!r} holds numbers too large for float32")
+    if len(spec.shape) == array.ndim + 1 and TensorSpec(spec.name, spec.shape[1:]).accepts(
+            array.shape):
+        array = array[np.newaxis]  # one sample sent without the batch axis
+    if not spec.accepts(array.shape) or array.shape[0] < 1:
+        raise InvalidInput(f"field {spec.name!r} has shape {list(array.shape)}; the model "
+                           f"expects {list(spec.shape)} (0 = any size)")
+    return array
+
+
+def _leading_depth(value: object) -> int:
+    """Nesting depth along the first elements (a ragged tensor fails np.array anyway)."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")

@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+from common.logs import setup_logging
 from common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
 from common.protocol import Kind, Message, from_frames, to_frames
 
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="OpenMP threads for this worker (default: inherited OMP_NUM_THREADS)")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--extract-dir", default=None, help="where zip archives are unpacked")
+    parser.add_argument("--service-file", default=None,
+                        help="custom service .py used instead of the archive's (MMS 0.4 --service)")
     parser.add_argument("--worker-id", default=None, help="identity shown in the broker's logs")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--heartbeat-liveness", type=int, default=3,
@@ -56,9 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: "
-                               "%(message)s")
+    setup_logging(args.log_level, os.environ.get("MXSERVE_LOG_FILE", ""), "worker")
     if args.threads:
         # Must precede the mxnet import: its OpenMP pool is sized once, at load.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         from worker.services.loader import load_service
 
         archive = load_archive(args.archive, args.extract_dir, name=args.model_name)
-        service = load_service(archive, gpu=args.gpu, max_batch_size=args.max_batch_size)
+        service = load_service(archive, gpu=args.gpu, max_batch_size=args.max_batch_size,
+                               service_file=args.service_file)
     except MXServeError as exc:
         log.error("cannot load model from %s: %s", args.archive, exc.message)
         return EXIT_MODEL_LOAD

@@ -11,7 +11,8 @@ import pytest
 
 from common.errors import EXIT_MODEL_LOAD, EXIT_OK
 from common.protocol import Kind
-from frontend.decode import decode_image
+from common.signature import TensorSpec
+from frontend.decode import Limits, decode_image
 from tests.worker_harness import BrokerStub
 
 
@@ -20,6 +21,11 @@ def broker(tmp_path):
     stub = BrokerStub(tmp_path)
     yield stub
     stub.close()
+
+
+def decode_digit(data: bytes):
+    """What the frontend sends the worker for a 32x32 RGB input."""
+    return decode_image(data, TensorSpec("data", (1, 3, 32, 32)), Limits())
 
 
 def results(reply):
@@ -33,7 +39,7 @@ def test_reference_archive_from_mms04_exporter_matches_recorded_answers(broker, 
     identity, ready = broker.wait_ready()
     assert ready.fields["model"] == "digits" and ready.fields["device"] == "cpu"
     for digit in range(10):
-        image = decode_image((reference / "images" / f"digit_{digit}.jpg").read_bytes(), 32, 32)
+        image = decode_digit((reference / "images" / f"digit_{digit}.jpg").read_bytes())
         [answer] = results(broker.infer(identity, [{"data": image}]))
         recorded = json.loads((reference / f"digits_predict_digit_{digit}.json").read_text())
         expected = recorded["prediction"]
@@ -57,7 +63,7 @@ def test_heldout_digits_in_batches_equal_in_process_forward(broker, sample_model
     heldout = sample_models["digits"].parent / "digits_heldout"
     labels = json.loads((heldout / "labels.json").read_text())
     names = sorted(labels)
-    images = np.stack([decode_image((heldout / n).read_bytes(), 32, 32) for n in names])
+    images = np.stack([decode_digit((heldout / n).read_bytes()) for n in names])
     expected = in_process_predictions(sample_models["digits"].parent / "src" / "digits", images)
 
     broker.start_worker(sample_models["digits"], max_batch_size=batch_size)
@@ -117,7 +123,7 @@ def test_custom_service_written_the_mms04_way(broker, sample_models, tmp_path):
     identity, _ = broker.wait_ready()
     heldout = sample_models["digits"].parent / "digits_heldout"
     names = sorted(json.loads((heldout / "labels.json").read_text()))[:4]
-    images = [decode_image((heldout / n).read_bytes(), 32, 32) for n in names]
+    images = [decode_digit((heldout / n).read_bytes()) for n in names]
     blank = np.zeros((32, 32, 3), np.uint8)  # the custom service refuses blank images
     reply = broker.infer(identity, [{"data": images[0]}, {"data": blank},
                                     {"data": images[1]}, {"data": images[2]}])

@@ -31,14 +31,15 @@ STOCK_SERVICES: dict[str, type[ModelService]] = {
 }
 
 
-def service_class_for(archive: ModelArchive) -> type[ModelService]:
-    file_name = archive.manifest.service_file
-    if file_name in STOCK_SERVICES:
+def service_class_for(archive: ModelArchive, service_file: str | None = None
+                      ) -> type[ModelService]:
+    """The archive's service class; `service_file` (0.4's --service) overrides the manifest."""
+    path = Path(service_file) if service_file else archive.service_path
+    file_name = path.name
+    if not service_file and file_name in STOCK_SERVICES:
         return STOCK_SERVICES[file_name]
-    path = archive.service_path
     if not path.is_file():
-        raise ArchiveError(f"service file {file_name!r} named in MANIFEST.json is not in the "
-                           "archive")
+        raise ArchiveError(f"service file {file_name!r} not found")
     if path.suffix != ".py":
         raise ArchiveError(f"service file {file_name!r} must be a Python (.py) file")
     classes = service_classes_in(path)
@@ -76,10 +77,10 @@ def import_file(path: Path) -> ModuleType:
     return module
 
 
-def load_service(archive: ModelArchive, gpu: int | None = None,
-                 max_batch_size: int = 1) -> ModelService:
+def load_service(archive: ModelArchive, gpu: int | None = None, max_batch_size: int = 1,
+                 service_file: str | None = None) -> ModelService:
     """Construct the archive's service the 0.4 way and bind it for `max_batch_size`."""
-    cls = service_class_for(archive)
+    cls = service_class_for(archive, service_file)
     log.info("model %s: service %s from %s", archive.name, cls.__name__,
              archive.manifest.service_file)
     try:

@@ -1,0 +1,194 @@
+"""Every setting declared once; effective value = CLI > environment > config file > default.
+
+A `Setting` carries its name, type, default, help and validator; its environment variable
+is `MXSERVE_<NAME>` and its config-file key is `<name>` in a TOML file (`--config FILE`).
+`load_config(cli_values, config_file)` merges the layers, validates the result (including
+the timeout ladder) and returns a frozen `Config`.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from common.errors import MXServeError
+
+
+class ConfigError(MXServeError):
+    type = "InvalidInput"
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    help: str
+    valid: Callable[[Any], bool] | None = None
+
+    @property
+    def env(self) -> str:
+        return "MXSERVE_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, raw: Any, source: str) -> Any:
+        try:
+            if self.type is bool and isinstance(raw, str):
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(raw)
+                value: Any = raw.lower() in ("1", "true", "yes", "on")
+            elif self.type is list:
+                value = raw.split() if isinstance(raw, str) else list(raw)
+            elif self.type in (int, float) and isinstance(raw, bool):
+                raise ValueError(raw)
+            else:
+                value = self.type(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.name} from {source}: {raw!r} is not a valid "
+                              f"{self.type.__name__}") from exc
+        if self.valid is not None and value is not None and not self.valid(value):
+            raise ConfigError(f"{self.name} from {source}: {value!r} is out of range")
+        return value
+
+
+MIB = 1024 * 1024
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("models", list, [], "models to serve, as name=archive (a .model zip or folder)"),
+    Setting("host", str, "127.0.0.1", "inference listener address"),
+    Setting("port", int, 8080, "inference listener port", _positive),
+    Setting("gpus", int, 0, "number of GPUs: one worker per GPU per model (0: CPU workers)",
+            _non_negative),
+    Setting("gpu", int, -1, "MMS 0.4's --gpu: pin every model's single worker to this GPU id "
+            "(-1: unset)"),
+    Setting("workers_per_model", int, 1, "CPU workers per model (when no GPUs)", _positive),
+    Setting("threads_per_worker", int, 0, "OpenMP threads per CPU worker (0: cores / CPU "
+            "workers, at least 1)", _non_negative),
+    Setting("frontend_workers", int, 2, "gunicorn frontend processes", _positive),
+    Setting("frontend_threads", int, 32, "threads per gunicorn process (gthread)", _positive),
+    Setting("max_batch_size", int, 8, "most requests sent to a worker in one batch", _positive),
+    Setting("max_batch_delay_ms", float, 0.0, "how long the broker may hold a partial batch",
+            _non_negative),
+    Setting("max_queue_size", int, 100, "queued requests per model before 503", _positive),
+    Setting("request_timeout_s", float, 30.0, "inference deadline per request", _positive),
+    Setting("gunicorn_timeout_s", float, 60.0, "gunicorn worker timeout (> request timeout)",
+            _positive),
+    Setting("drain_timeout_s", float, 20.0, "on SIGTERM, how long in-flight requests may "
+            "finish", _non_negative),
+    Setting("heartbeat_interval_s", float, 1.0, "broker <-> worker heartbeat period",
+            _positive),
+    Setting("max_body_bytes", int, int(6.25 * MIB), "largest request body", _positive),
+    Setting("max_form_parts", int, 16, "most multipart form parts per request", _positive),
+    Setting("max_image_pixels", int, 16_000_000, "largest image (width x height), judged "
+            "from its header before decoding", _positive),
+    Setting("max_json_depth", int, 32, "deepest nesting of a JSON tensor", _positive),
+    Setting("service", str, "", "MMS 0.4's --service: a custom service file used for every "
+            "model instead of the archive's"),
+    Setting("run_dir", str, "", "folder for ipc sockets and extracted archives (default: a "
+            "new folder under $TMPDIR)"),
+    Setting("broker_frontend", str, "", "broker endpoint for frontends (default: ipc in "
+            "run_dir)"),
+    Setting("broker_workers", str, "", "broker endpoint for workers (default: ipc in "
+            "run_dir)"),
+    Setting("log_file", str, "", "log to this file instead of stderr"),
+    Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR",
+            lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def replace(self, **changes: Any) -> Config:
+        return Config({**self.values, **changes}, {**self.sources, **dict.fromkeys(changes,
+                                                                                   "derived")})
+
+    def to_env(self) -> dict[str, str]:
+        """The effective config as MXSERVE_* variables, for child processes."""
+        return {BY_NAME[k].env: " ".join(v) if isinstance(v, list) else str(v)
+                for k, v in self.values.items()}
+
+
+def load_config(cli: Mapping[str, Any] | None = None, config_file: str | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Merge defaults < file < env < CLI (CLI holds only flags actually given)."""
+    env = os.environ if env is None else env
+    values = {s.name: s.default for s in SETTINGS}
+    sources = dict.fromkeys(values, "default")
+    config_file = config_file or env.get("MXSERVE_CONFIG") or None
+    if config_file:
+        for key, raw in _read_file(Path(config_file)).items():
+            setting = BY_NAME.get(key)
+            if setting is None:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            values[key] = setting.parse(raw, config_file)
+            sources[key] = config_file
+    for setting in SETTINGS:
+        if setting.env in env:
+            values[setting.name] = setting.parse(env[setting.env], setting.env)
+            sources[setting.name] = "env"
+    for key, raw in (cli or {}).items():
+        values[key] = BY_NAME[key].parse(raw, BY_NAME[key].flag)
+        sources[key] = "cli"
+    config = Config(values, sources)
+    validate(config)
+    return config
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+FRONTEND_WAIT_MARGIN_S = 2.0  # the frontend outwaits the broker's deadline by this much
+
+
+def frontend_wait_s(config: Config) -> float:
+    return config.request_timeout_s + FRONTEND_WAIT_MARGIN_S
+
+
+def validate(config: Config) -> None:
+    """Cross-setting rules; the timeout ladder keeps our JSON errors ahead of proxies'."""
+    if config.gunicorn_timeout_s <= frontend_wait_s(config):
+        raise ConfigError(
+            f"timeout ladder broken: gunicorn_timeout_s ({config.gunicorn_timeout_s}) must "
+            f"exceed request_timeout_s + {FRONTEND_WAIT_MARGIN_S} ({frontend_wait_s(config)})")
+    for entry in config.models:
+        parse_model_spec(entry)
+
+
+def parse_model_spec(entry: str) -> tuple[str | None, str]:
+    """'name=path' -> (name, path); a bare path -> (None, path), named by its manifest."""
+    name, sep, path = entry.partition("=")
+    if not sep:
+        return None, entry
+    if not name or not path:
+        raise ConfigError(f"model {entry!r}: expected name=path")
+    return name, path

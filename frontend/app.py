@@ -1,0 +1,127 @@
+"""The Flask app factory gunicorn serves: routes, request decoding, the error table in HTTP.
+
+    gunicorn -k gthread 'frontend.app:create_app()'   (configured by MXSERVE_* variables)
+
+Routes (DESIGN §4): POST /<model>/predict, GET /ping and GET / (200 only when every model
+has a ready worker; 0.4's body shape), GET /api-description. Every error, ours or
+werkzeug's, is the JSON body {"code", "type", "message", "request_id"}; tracebacks go to the
+log with the request id, never to the client. Each response carries X-Request-Id.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from common.config import Config, frontend_wait_s, load_config
+from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
+                           MXServeError, PayloadTooLarge, ServiceUnavailable,
+                           UnsupportedMediaType)
+from common.logs import setup_logging
+from frontend.broker_client import BrokerClient
+from frontend.catalog import Catalog
+from frontend.decode import Field, Limits, decode_inputs
+from frontend.openapi import build_spec
+
+log = logging.getLogger("frontend")
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# werkzeug's own HTTP errors, expressed in our error table.
+HTTP_ERRORS: dict[int, type[MXServeError]] = {
+    400: InvalidInput, 404: ModelNotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
+    415: UnsupportedMediaType}
+
+
+def create_app(config: Config | None = None) -> Flask:
+    config = config or load_config()
+    setup_logging(config.log_level, config.log_file, "frontend")
+    app = Flask("mxserve")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.config["MAX_FORM_PARTS"] = config.max_form_parts
+    app.config["MAX_FORM_MEMORY_SIZE"] = config.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    client = BrokerClient(config.broker_frontend)
+    catalog = Catalog(client)
+    limits = Limits(max_image_pixels=config.max_image_pixels,
+                    max_json_depth=config.max_json_depth)
+    wait_s = frontend_wait_s(config)
+
+    @app.before_request
+    def start_request() -> None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        g.started = time.monotonic()
+
+    @app.after_request
+    def tag_response(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    @app.post("/<model>/predict")
+    def predict(model: str) -> Any:
+        signature = catalog.signature(model)
+        if signature is None:
+            raise ModelNotFound(f"model {model!r} is not loaded; see /api-description")
+        if request.mimetype not in FORM_TYPES:
+            raise UnsupportedMediaType(
+                f"send multipart/form-data with field(s) "
+                f"{[s.name for s in signature.inputs]}, not {request.mimetype or 'no body'}")
+        fields = [Field(name, f.read(), True) for name, f in request.files.items(multi=True)]
+        fields += [Field(name, value, False) for name, value in request.form.items(multi=True)]
+        arrays = decode_inputs(signature, fields, limits)
+        result, _ = client.predict(model, g.request_id, arrays, config.request_timeout_s,
+                                   wait_s)
+        return jsonify(prediction=result)
+
+    def health() -> tuple[Response, int]:
+        try:
+            snapshot = catalog.fetch()
+        except MXServeError as exc:
+            return jsonify(health="unhealthy!", reason=f"broker: {exc.message}"), 503
+        raw = snapshot.raw
+        statuses = {name: m["status"] for name, m in raw["models"].items()}
+        if raw["draining"] or not raw["models"] or any(m["ready"] < 1
+                                                       for m in raw["models"].values()):
+            detail: dict[str, Any] = {"models": statuses}
+            if raw["draining"]:
+                detail["reason"] = "shutting down"
+            elif not raw["models"]:
+                detail["reason"] = "no models"
+            return jsonify(health="unhealthy!", **detail), 503
+        return jsonify(health="healthy!"), 200
+
+    app.add_url_rule("/ping", "ping", health)
+    app.add_url_rule("/", "root", health)
+
+    @app.get("/api-description")
+    def api_description() -> Any:
+        return jsonify(description=build_spec(catalog.signatures(), request.host))
+
+    @app.errorhandler(MXServeError)
+    def on_our_error(error: MXServeError) -> tuple[Response, int]:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def on_http_error(error: HTTPException) -> tuple[Response, int]:
+        cls = HTTP_ERRORS.get(error.code or 500, InternalServerError)
+        return error_response(cls(error.description or error.name))
+
+    @app.errorhandler(Exception)
+    def on_unexpected(error: Exception) -> tuple[Response, int]:
+        log.exception("request %s failed", g.get("request_id"))
+        return error_response(InternalServerError("internal error; see the server log for "
+                                                  f"request {g.get('request_id')}"))
+
+    return app
+
+
+def error_response(error: MXServeError) -> tuple[Response, int]:
+    response = jsonify(error.to_dict(g.get("request_id")))
+    if isinstance(error, ServiceUnavailable):
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    if error.status >= 500:
+        log.warning("request %s: %s %s", g.get("request_id"), error.type, error.message)
+    return response, error.status

@@ -1,0 +1,99 @@
+"""A frontend process's connection to the broker.
+
+Each gunicorn thread gets its own DEALER socket (ZeroMQ sockets are not thread-safe),
+created lazily in that thread, so nothing ZeroMQ exists before gunicorn forks; the context
+is re-created if the pid changes. A call sends one message with one item and waits for the
+reply carrying the same item id; replies to earlier calls that timed out are discarded.
+Many threads, many sockets: concurrent requests from one process are multiplexed over the
+broker's ROUTER, which routes each reply back to the socket that asked.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+import zmq
+
+from common.errors import DeadlineExceeded, MXServeError, ServiceUnavailable, error_from_wire
+from common.protocol import Item, Kind, Message, from_frames, to_frames
+
+
+class BrokerClient:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._pid = -1
+        self._context: zmq.Context | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def _socket(self) -> zmq.Socket:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():  # first use, or first use after a fork
+                    self._context = zmq.Context()
+                    self._local = threading.local()
+                    self._pid = os.getpid()
+        socket = getattr(self._local, "socket", None)
+        if socket is None:
+            assert self._context is not None
+            socket = self._context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(self.endpoint)
+            self._local.socket = socket
+        return socket
+
+    def _reset_socket(self) -> None:
+        socket = getattr(self._local, "socket", None)
+        if socket is not None:
+            socket.close(0)
+            self._local.socket = None
+
+    def call(self, kind: Kind, fields: Mapping[str, Any], item: Item,
+             timeout_s: float) -> Message:
+        """Send one item, return the broker's reply message for it."""
+        socket = self._socket()
+        try:
+            socket.send_multipart(to_frames(Message(kind, fields, [item])), copy=False)
+        except zmq.ZMQError as exc:
+            self._reset_socket()
+            raise ServiceUnavailable(f"the broker is unreachable: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not socket.poll(remaining * 1000):
+                # The socket may hold a late reply; a fresh one starts clean.
+                self._reset_socket()
+                raise DeadlineExceeded("no answer from the model server in time")
+            try:
+                reply = from_frames(socket.recv_multipart(copy=False))
+            except MXServeError:
+                continue
+            if reply.items and reply.items[0].id == item.id:
+                return reply
+
+    def predict(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
+                budget_s: float, wait_s: float) -> tuple[Any, Mapping[str, Any]]:
+        """Run one request; return (result, reply fields) or raise its error."""
+        reply = self.call(Kind.REQUEST, {"model": model},
+                          Item(request_id, {"budget_ms": budget_s * 1000.0}, arrays), wait_s)
+        fields = reply.items[0].fields
+        if "error" in fields:
+            raise _error(fields["error"])
+        return fields.get("result"), reply.fields
+
+    def catalog(self, timeout_s: float) -> dict[str, Any]:
+        reply = self.call(Kind.CATALOG, {}, Item(uuid.uuid4().hex), timeout_s)
+        return reply.items[0].fields["result"]
+
+
+def _error(raw: Any) -> MXServeError:
+    if not isinstance(raw, dict):
+        return error_from_wire("InternalServerError", "malformed error from the broker")
+    error = error_from_wire(str(raw.get("type")), str(raw.get("message", "")))
+    if isinstance(error, ServiceUnavailable):
+        error.retry_after_s = int(raw.get("retry_after_s", 1))
+    return error

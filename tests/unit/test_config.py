@@ -1,0 +1,54 @@
+"""Settings: precedence CLI > env > file > defaults, validation, the timeout ladder."""
+from __future__ import annotations
+
+import pytest
+
+from common.config import ConfigError, load_config
+
+
+def test_defaults():
+    config = load_config({}, env={})
+    assert (config.port, config.host, config.max_queue_size) == (8080, "127.0.0.1", 100)
+    assert config.sources["port"] == "default"
+
+
+def test_precedence_cli_over_env_over_file(tmp_path):
+    path = tmp_path / "mxserve.toml"
+    path.write_text('port = 9000\nmax_batch_size = 4\nlog_level = "DEBUG"\n'
+                    'models = ["a=a.model"]\n')
+    env = {"MXSERVE_PORT": "9100", "MXSERVE_MAX_BATCH_SIZE": "16"}
+    config = load_config({"port": 9200}, str(path), env=env)
+    assert config.port == 9200 and config.sources["port"] == "cli"
+    assert config.max_batch_size == 16 and config.sources["max_batch_size"] == "env"
+    assert config.log_level == "DEBUG" and config.sources["log_level"] == str(path)
+    assert config.models == ["a=a.model"]
+
+
+def test_config_file_from_env(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("port = 9999\n")
+    assert load_config({}, env={"MXSERVE_CONFIG": str(path)}).port == 9999
+
+
+def test_child_env_roundtrip():
+    config = load_config({"models": ["a=x.model", "b=y.model"], "port": 1234}, env={})
+    again = load_config({}, env=config.to_env())
+    assert again.values == config.values
+
+
+@pytest.mark.parametrize("cli, env, file_text, match", [
+    ({"port": 0}, {}, None, "port .* out of range"),
+    ({}, {"MXSERVE_PORT": "eighty"}, None, "MXSERVE_PORT: 'eighty' is not a valid int"),
+    ({}, {}, "nope = 1\n", "unknown setting 'nope'"),
+    ({}, {}, "port = \n", "not valid TOML"),
+    ({"log_level": "LOUD"}, {}, None, "log_level"),
+    ({"request_timeout_s": 60.0, "gunicorn_timeout_s": 61.0}, {}, None, "timeout ladder"),
+    ({"models": ["=x.model"]}, {}, None, "expected name=path"),
+])
+def test_bad_settings_are_refused_with_the_reason(tmp_path, cli, env, file_text, match):
+    path = None
+    if file_text is not None:
+        path = tmp_path / "c.toml"
+        path.write_text(file_text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(cli, str(path) if path else None, env=env)

@@ -1,0 +1,486 @@
+"""The broker: one process per host between the frontends and the workers (DESIGN §1, §3).
+
+    python -m worker.broker        (configured through MXSERVE_* variables; see common.config)
+
+Two ROUTER sockets, both with ROUTER_MANDATORY (a send to a vanished peer fails loudly
+instead of being dropped): frontends (DEALER, one per frontend thread) send REQUEST and
+CATALOG messages; workers (DEALER, one per worker process) send READY, REPLY, HEARTBEAT.
+
+Per model: a bounded FIFO of pending requests and the set of its idle workers. The loop:
+
+    poll -> receive_from_workers -> receive_from_frontends -> reap_children
+         -> expire -> purge_silent_workers -> dispatch -> heartbeat -> start_due_workers
+
+Rules: a full queue or a model with no live worker answers 503 at once; a request whose
+deadline passes while queued is answered 504 and never executed; a worker that overruns
+its batch's deadline is killed (504 to its requests) and restarted; a worker that dies
+with a batch has those requests re-queued once at the head of the queue (a second loss
+is 503). On SIGTERM the broker drains: it refuses new requests, reports unhealthy, lets
+in-flight batches finish (bounded by drain_timeout_s), then stops its workers and exits.
+Signal handlers only set flags and wake the poller through a self-pipe.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from common.archive import ModelArchive, load_archive
+from common.config import Config, load_config, parse_model_spec
+from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
+                           InvalidInput, ModelNotFound, MXServeError, ServiceUnavailable)
+from common.logs import setup_logging
+from common.protocol import Item, Kind, Message, from_frames, to_frames
+from worker.pool import WorkerPool, plan_workers
+
+log = logging.getLogger("broker")
+
+LIVENESS = 3  # missed heartbeats before an idle worker is presumed dead
+OVERRUN_GRACE_S = 1.0  # a batch may run this long past its last deadline before the kill
+
+
+@dataclass
+class Pending:
+    """A request waiting for, or being served by, a worker."""
+
+    frontend: bytes  # ROUTER identity of the frontend socket that sent it
+    item: Item
+    deadline: float  # time.monotonic()
+    received: float
+    attempts: int = 0
+
+
+@dataclass
+class WorkerState:
+    identity: bytes
+    model: str
+    device: str
+    pid: int
+    max_batch_size: int
+    last_seen: float
+    batch: dict[str, Pending] = field(default_factory=dict)
+    batch_started: float = 0.0
+    batch_deadline: float = 0.0
+
+
+@dataclass
+class ModelState:
+    archive: ModelArchive | None
+    queue: deque[Pending] = field(default_factory=deque)
+    idle: deque[bytes] = field(default_factory=deque)
+    workers: set[bytes] = field(default_factory=set)
+    error: str = ""
+
+
+class Broker:
+    def __init__(self, config: Config, frontend_endpoint: str, worker_endpoint: str,
+                 run_dir: Path) -> None:
+        self.config = config
+        self.models: dict[str, ModelState] = {}
+        self.workers: dict[bytes, WorkerState] = {}
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.stop_requested = False
+        archives = self._load_archives(run_dir / "models")
+        specs = plan_workers([n for n, s in self.models.items() if s.archive], config.gpus,
+                             config.gpu, config.workers_per_model, config.threads_per_worker)
+        self.pool = WorkerPool(specs, archives, worker_endpoint, config.max_batch_size,
+                               config.heartbeat_interval_s, config.log_level, config.service)
+        self.context = zmq.Context()
+        self.frontends = self._bind(frontend_endpoint)
+        self.backend = self._bind(worker_endpoint)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.poller = zmq.Poller()
+        self.poller.register(self.backend, zmq.POLLIN)
+        self.poller.register(self.frontends, zmq.POLLIN)
+        self.poller.register(self.wake_r, zmq.POLLIN)
+        self.next_heartbeat = 0.0
+
+    def _load_archives(self, extract_root: Path) -> dict[str, Path]:
+        """Extract each archive once here; workers read the extracted folder."""
+        folders = {}
+        for entry in self.config.models:
+            name, path = parse_model_spec(entry)
+            try:
+                archive = load_archive(path, extract_root, name=name)
+            except MXServeError as exc:
+                label = name or path
+                log.error("model %s cannot be served: %s", label, exc.message)
+                self.models[label] = ModelState(archive=None, error=exc.message)
+                continue
+            if archive.name in self.models:
+                raise InvalidInput(f"two models are named {archive.name!r}")
+            self.models[archive.name] = ModelState(archive=archive)
+            folders[archive.name] = archive.root
+        return folders
+
+    def _bind(self, endpoint: str) -> zmq.Socket:
+        socket = self.context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.LINGER, 0)
+        # Bounded by our own queues, not ZeroMQ's: never let a ROUTER drop silently.
+        socket.setsockopt(zmq.SNDHWM, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)
+        socket.bind(endpoint)
+        return socket
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            self.stop_requested = True  # no logging here: just queue the request
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the poller
+        signal.set_wakeup_fd(self.wake_w)
+        log.info("broker up: %d model(s), %d worker(s) planned", len(self.models),
+                 len(self.pool.workers))
+        try:
+            while True:
+                now = time.monotonic()
+                if self.stop_requested and not self.draining:
+                    self._begin_drain(now)
+                if self.draining and (not self._in_flight() or now >= self.drain_deadline):
+                    break
+                events = dict(self.poller.poll(self._poll_timeout_ms(now)))
+                if self.wake_r in events:
+                    os.read(self.wake_r, 4096)
+                if self.backend in events:
+                    self.receive_from_workers()
+                if self.frontends in events:
+                    self.receive_from_frontends()
+                now = time.monotonic()
+                self.reap_children(now)
+                self.expire(now)
+                self.purge_silent_workers(now)
+                self.dispatch(now)
+                self.heartbeat(now)
+                if not self.draining:
+                    self.pool.start_due(now)
+        finally:
+            self._shutdown()
+
+    def _begin_drain(self, now: float) -> None:
+        self.draining = True
+        self.drain_deadline = now + self.config.drain_timeout_s
+        log.info("draining: %d request(s) in flight or queued", self._in_flight())
+
+    def _in_flight(self) -> int:
+        return sum(len(m.queue) for m in self.models.values()) + sum(
+            len(w.batch) for w in self.workers.values())
+
+    def _shutdown(self) -> None:
+        for model in self.models.values():
+            while model.queue:
+                self._fail(model.queue.popleft(), ServiceUnavailable("the server is shutting down"))
+        for worker in self.workers.values():
+            for pending in worker.batch.values():
+                self._fail(pending, ServiceUnavailable("the server is shutting down"))
+            self._send_worker(worker.identity, Message(Kind.DISCONNECT))
+        self.pool.stop(timeout_s=10.0)
+        self.frontends.close(linger=200)
+        self.backend.close(linger=0)
+        self.context.term()
+        log.info("broker stopped")
+
+    def _poll_timeout_ms(self, now: float) -> float:
+        wake = [self.next_heartbeat]
+        if self.draining:
+            wake.append(self.drain_deadline)
+        for model in self.models.values():
+            if model.queue:
+                wake.append(min(p.deadline for p in model.queue))
+        for worker in self.workers.values():
+            if worker.batch:
+                wake.append(worker.batch_deadline)
+        restart = self.pool.next_restart()
+        if restart is not None:
+            wake.append(restart)
+        return max(0.0, min(wake) - now) * 1000.0 + 1.0
+
+    # -- workers -----------------------------------------------------------------------
+
+    def receive_from_workers(self) -> None:
+        while True:
+            try:
+                identity, *frames = self.backend.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = identity.bytes
+            try:
+                message = from_frames(frames)
+            except MXServeError as exc:
+                log.warning("dropped a malformed message from worker %r: %s", identity,
+                            exc.message)
+                continue
+            now = time.monotonic()
+            worker = self.workers.get(identity)
+            if worker is not None:
+                worker.last_seen = now
+            if message.kind == Kind.READY:
+                self._on_ready(identity, message, now)
+            elif message.kind == Kind.REPLY and worker is not None:
+                self._on_reply(worker, message, now)
+            elif message.kind == Kind.DISCONNECT and worker is not None:
+                self._remove_worker(worker, "it disconnected")
+            elif worker is None and message.kind != Kind.DISCONNECT:
+                # A worker we forgot (we restarted, or it was presumed dead): ask it to
+                # re-register instead of guessing its state.
+                self._send_worker(identity, Message(Kind.DISCONNECT, {"reason": "unknown"}))
+
+    def _on_ready(self, identity: bytes, message: Message, now: float) -> None:
+        name = str(message.fields.get("model", ""))
+        model = self.models.get(name)
+        if model is None or model.archive is None:
+            log.warning("worker %r is READY for unknown model %r; sending it away", identity,
+                        name)
+            self._send_worker(identity, Message(Kind.DISCONNECT, {"reason": "unknown model"}))
+            return
+        old = self.workers.get(identity)
+        if old is not None:
+            self._remove_worker(old, "it re-registered")
+        worker = WorkerState(identity=identity, model=name,
+                             device=str(message.fields.get("device", "?")),
+                             pid=int(message.fields.get("pid", 0)),
+                             max_batch_size=int(message.fields.get("max_batch_size", 1)),
+                             last_seen=now)
+        self.workers[identity] = worker
+        model.workers.add(identity)
+        model.idle.append(identity)
+        log.info("worker %s ready for %s on %s (pid %d)", identity.decode(errors="replace"),
+                 name, worker.device, worker.pid)
+
+    def _on_reply(self, worker: WorkerState, message: Message, now: float) -> None:
+        inference_ms = message.fields.get("inference_ms", 0.0)
+        for item in message.items:
+            pending = worker.batch.pop(item.id, None)
+            if pending is None:
+                continue  # already answered (expired, or the worker was presumed dead)
+            self._send_frontend(pending.frontend, Message(Kind.REPLY, {
+                "batch_size": len(message.items), "inference_ms": inference_ms,
+                "queue_ms": round((worker.batch_started - pending.received) * 1000.0, 3),
+            }, [Item(pending.item.id, dict(item.fields))]))
+        for pending in worker.batch.values():
+            self._fail(pending, ServiceUnavailable("the worker answered without this request"))
+        worker.batch = {}
+        self.models[worker.model].idle.append(worker.identity)
+
+    def _remove_worker(self, worker: WorkerState, why: str) -> None:
+        """Forget a worker; its batch goes back to the head of the queue once."""
+        self.workers.pop(worker.identity, None)
+        model = self.models[worker.model]
+        model.workers.discard(worker.identity)
+        if worker.identity in model.idle:
+            model.idle.remove(worker.identity)
+        if worker.batch:
+            log.warning("worker %s lost with %d request(s) (%s)", worker.identity.decode(
+                errors="replace"), len(worker.batch), why)
+        for pending in reversed(list(worker.batch.values())):
+            pending.attempts += 1
+            if pending.attempts >= 2:
+                self._fail(pending, ServiceUnavailable("the request was lost with two workers"))
+            else:
+                model.queue.appendleft(pending)
+        worker.batch = {}
+
+    def reap_children(self, now: float) -> None:
+        for managed, pid, code in self.pool.reap(now):
+            for worker in list(self.workers.values()):
+                if worker.pid == pid:
+                    self._remove_worker(worker, f"exit code {code}")
+            if managed.spec.model in self.pool.failed:
+                model = self.models[managed.spec.model]
+                model.error = self.pool.failed[managed.spec.model]
+                self._fail_queue(model, ServiceUnavailable(f"model {managed.spec.model} cannot "
+                                                           "load", retry_after_s=30))
+            elif not self.models[managed.spec.model].workers:
+                self._fail_queue(self.models[managed.spec.model],
+                                 ServiceUnavailable("no worker is ready for this model"))
+
+    def purge_silent_workers(self, now: float) -> None:
+        limit = self.config.heartbeat_interval_s * LIVENESS
+        for worker in list(self.workers.values()):
+            if not worker.batch and now - worker.last_seen > limit:
+                log.warning("worker %s silent for %.1fs; presumed dead",
+                            worker.identity.decode(errors="replace"), now - worker.last_seen)
+                self._remove_worker(worker, "heartbeats stopped")
+                self.pool.kill(worker.pid)
+
+    # -- frontends ---------------------------------------------------------------------
+
+    def receive_from_frontends(self) -> None:
+        while True:
+            try:
+                identity, *frames = self.frontends.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = identity.bytes
+            try:
+                message = from_frames(frames)
+                if len(message.items) != 1:
+                    raise InvalidInput("a frontend message must carry exactly one item")
+            except MXServeError as exc:
+                log.warning("dropped a malformed message from a frontend: %s", exc.message)
+                continue
+            item = message.items[0]
+            if message.kind == Kind.REQUEST:
+                self._on_request(identity, message, item)
+            elif message.kind == Kind.CATALOG:
+                self._send_frontend(identity, Message(Kind.REPLY, {}, [
+                    Item(item.id, {"result": self.catalog()})]))
+
+    def _on_request(self, frontend: bytes, message: Message, item: Item) -> None:
+        now = time.monotonic()
+        name = str(message.fields.get("model", ""))
+        model = self.models.get(name)
+        budget_s = float(item.fields.get("budget_ms", self.config.request_timeout_s * 1000))
+        pending = Pending(frontend, item, now + min(budget_s / 1000.0,
+                                                    self.config.request_timeout_s), now)
+        if model is None:
+            return self._fail(pending, ModelNotFound(f"model {name!r} is not loaded"))
+        if self.draining:
+            return self._fail(pending, ServiceUnavailable("the server is shutting down"))
+        if model.archive is None or not model.workers:
+            reason = model.error or "no worker is ready for this model"
+            return self._fail(pending, ServiceUnavailable(f"model {name}: {reason}"))
+        if len(model.queue) >= self.config.max_queue_size:
+            return self._fail(pending, ServiceUnavailable(
+                f"model {name}: the queue is full ({self.config.max_queue_size} waiting)"))
+        model.queue.append(pending)
+
+    def catalog(self) -> dict[str, Any]:
+        models = {}
+        for name, model in self.models.items():
+            archive = model.archive
+            models[name] = {
+                "signature": archive.signature.to_dict() if archive else None,
+                "ready": len(model.workers),
+                "workers": self.pool.total(name) if archive else 0,
+                "devices": sorted({self.workers[w].device for w in model.workers}),
+                "queue": len(model.queue),
+                "status": ("failed" if model.error or archive is None
+                           else "ready" if model.workers else "loading"),
+                "error": model.error,
+            }
+        return {"models": models, "draining": self.draining,
+                "max_batch_size": self.config.max_batch_size}
+
+    # -- scheduling --------------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        for model in self.models.values():
+            if model.queue and min(p.deadline for p in model.queue) <= now:
+                kept = deque()
+                for pending in model.queue:
+                    if pending.deadline <= now:
+                        self._fail(pending, DeadlineExceeded(
+                            "the request waited in the queue past its deadline"))
+                    else:
+                        kept.append(pending)
+                model.queue = kept
+        for worker in list(self.workers.values()):
+            if worker.batch and now > worker.batch_deadline:
+                log.error("worker %s overran its deadline by %.1fs; killing it",
+                          worker.identity.decode(errors="replace"), now - worker.batch_deadline)
+                for pending in worker.batch.values():
+                    self._fail(pending, DeadlineExceeded("inference did not finish before the "
+                                                         "request's deadline"))
+                worker.batch = {}
+                self._remove_worker(worker, "deadline overrun")
+                self.pool.kill(worker.pid)
+
+    def dispatch(self, now: float) -> None:
+        for name, model in self.models.items():
+            while model.queue and model.idle:
+                identity = model.idle.popleft()
+                worker = self.workers[identity]
+                size = min(worker.max_batch_size, self.config.max_batch_size)
+                batch: list[Pending] = []
+                while model.queue and len(batch) < size:
+                    batch.append(model.queue.popleft())
+                items = [Item(p.item.id, {"budget_ms": max(0.0, (p.deadline - now) * 1000.0)},
+                              p.item.arrays) for p in batch]
+                worker.batch = {p.item.id: p for p in batch}
+                worker.batch_started = now
+                worker.batch_deadline = max(p.deadline for p in batch) + OVERRUN_GRACE_S
+                if not self._send_worker(identity, Message(Kind.REQUEST, {"model": name}, items)):
+                    self._remove_worker(worker, "it is unreachable")
+
+    def heartbeat(self, now: float) -> None:
+        if now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + self.config.heartbeat_interval_s
+        for identity, worker in list(self.workers.items()):
+            if not worker.batch:
+                self._send_worker(identity, Message(Kind.HEARTBEAT))
+
+    def _fail_queue(self, model: ModelState, error: MXServeError) -> None:
+        while model.queue:
+            self._fail(model.queue.popleft(), error)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _fail(self, pending: Pending, error: MXServeError) -> None:
+        fields: dict[str, Any] = {"type": error.type, "message": error.message}
+        if isinstance(error, ServiceUnavailable):
+            fields["retry_after_s"] = error.retry_after_s
+        self._send_frontend(pending.frontend, Message(Kind.REPLY, {}, [
+            Item(pending.item.id, {"error": fields})]))
+
+    def _send_frontend(self, identity: bytes, message: Message) -> None:
+        try:
+            self.frontends.send_multipart([identity, *to_frames(message)], copy=False)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: that frontend thread's socket is gone
+            log.info("reply to a departed frontend dropped: %s", exc)
+
+    def _send_worker(self, identity: bytes, message: Message) -> bool:
+        try:
+            self.backend.send_multipart([identity, *to_frames(message)], copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            log.warning("send to worker %r failed: %s", identity, exc)
+            return False
+
+
+def endpoints(config: Config, run_dir: Path) -> tuple[str, str]:
+    frontend = config.broker_frontend or f"ipc://{run_dir}/frontends.sock"
+    workers = config.broker_workers or f"ipc://{run_dir}/workers.sock"
+    return frontend, workers
+
+
+def main() -> int:
+    try:
+        config = load_config()
+    except MXServeError as exc:
+        print(f"broker: bad configuration: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    setup_logging(config.log_level, config.log_file, "broker")
+    if not config.run_dir:
+        log.error("MXSERVE_RUN_DIR must be set (mxserve start sets it)")
+        return EXIT_BAD_CONFIG
+    run_dir = Path(config.run_dir)
+    try:
+        broker = Broker(config, *endpoints(config, run_dir), run_dir)
+    except (MXServeError, zmq.ZMQError) as exc:
+        log.error("broker cannot start: %s", getattr(exc, "message", exc))
+        return EXIT_BAD_CONFIG
+    try:
+        broker.run()
+    except Exception:
+        log.exception("broker crashed")
+        return EXIT_CRASH
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

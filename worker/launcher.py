@@ -1,0 +1,215 @@
+"""`mxserve start`: the embedded default — broker, workers and gunicorn on one host.
+
+    mxserve start --models digits=digits.model resnet18=resnet18.model [--port 8080] ...
+
+Lifecycle:
+  1. Merge the configuration (CLI > MXSERVE_* > --config file > defaults) and validate it;
+     a bad one exits 2 before anything starts.
+  2. Make the instance's run directory (ipc sockets, extracted archives) under $TMPDIR, so
+     two instances on one host never collide.
+  3. Start the broker (`python -m worker.broker`), which starts the workers, and gunicorn
+     (`sys.executable -m gunicorn`, the gthread frontends). Both are our children, in our
+     process tree, and get SIGTERM if we die.
+  4. Poll GET /ping until every model is ready (or has failed to load), then print where we
+     listen. Stay in the foreground; if the broker or gunicorn dies, stop everything.
+  5. On SIGINT/SIGTERM: SIGTERM gunicorn first (it stops accepting and lets in-flight HTTP
+     requests finish within drain_timeout_s, the broker still serving them), then the
+     broker (which drains and stops its workers); SIGKILL whatever outlives its bound.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from common.config import SETTINGS, Config, ConfigError, load_config
+from common.errors import EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK
+from common.logs import setup_logging
+from worker.broker import endpoints
+from worker.pool import spawn
+
+log = logging.getLogger("mxserve")
+
+STARTUP_TIMEOUT_S = 600.0  # resnet-152 on a slow disk loads in well under this
+STOP_MARGIN_S = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mxserve start", description="Serve models: broker, workers and gunicorn.",
+        argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="TOML file of settings (see docs/configuration.md)")
+    for setting in SETTINGS:
+        kwargs: dict[str, Any] = {"help": f"{setting.help} (default: {setting.default!r}; "
+                                          f"env {setting.env})", "dest": setting.name}
+        if setting.type is list:
+            kwargs["nargs"] = "+"
+        elif setting.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = setting.type
+        parser.add_argument(setting.flag, **kwargs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config", None)
+    try:
+        config = load_config(args, config_file)
+        if not config.models:
+            raise ConfigError("no models: pass --models name=archive ...")
+        for entry in config.models:
+            path = entry.partition("=")[2] or entry
+            if not Path(path).exists():
+                raise ConfigError(f"model archive not found: {path}")
+    except ConfigError as exc:
+        print(f"mxserve start: error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    setup_logging(config.log_level, config.log_file, "mxserve")
+    return Launcher(config).run()
+
+
+class Launcher:
+    def __init__(self, config: Config) -> None:
+        self.owns_run_dir = not config.run_dir
+        run_dir = config.run_dir or tempfile.mkdtemp(prefix="mxserve-")
+        frontend, workers = endpoints(config, Path(run_dir))
+        self.config = config.replace(run_dir=run_dir, broker_frontend=frontend,
+                                     broker_workers=workers)
+        self.stop_requested = False
+        self.broker: subprocess.Popen | None = None
+        self.gunicorn: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.config.port}"
+
+    def run(self) -> int:
+        def on_signal(signum: int, _frame: Any) -> None:
+            self.stop_requested = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        env = {**os.environ, **self.config.to_env()}
+        env.pop("MXSERVE_CONFIG", None)  # children get the merged result, not the file again
+        try:
+            self.broker = spawn([sys.executable, "-m", "worker.broker"], env)
+            self.gunicorn = spawn(self._gunicorn_argv(), env)
+            code = self._wait_until_ready()
+            if code is None:
+                code = self._serve()
+        finally:
+            self._stop()
+            if self.owns_run_dir:
+                shutil.rmtree(self.config.run_dir, ignore_errors=True)
+        return code
+
+    def _gunicorn_argv(self) -> list[str]:
+        c = self.config
+        bind = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
+        return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
+                "--workers", str(c.frontend_workers), "--threads", str(c.frontend_threads),
+                "--bind", bind, "--timeout", str(int(c.gunicorn_timeout_s)),
+                "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
+                "--error-logfile", c.log_file or "-", "--log-level", c.log_level.lower(),
+                "--control-socket", os.path.join(c.run_dir, "gunicorn.ctl"),
+                "frontend.app:create_app()"]
+
+    def _children_alive(self) -> int | None:
+        """None while both children run; else an exit code for us."""
+        for name, child in (("broker", self.broker), ("gunicorn", self.gunicorn)):
+            if child is not None and child.poll() is not None:
+                log.error("%s exited with code %s", name, child.returncode)
+                return child.returncode if child.returncode in (EXIT_BAD_CONFIG,
+                                                                EXIT_MODEL_LOAD) else EXIT_CRASH
+        return None
+
+    def _wait_until_ready(self) -> int | None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self.stop_requested:
+            code = self._children_alive()
+            if code is not None:
+                return code
+            status, body = self._ping()
+            if status == 200:
+                log.info("mxserve: serving %s on %s", ", ".join(self._model_names()), self.url)
+                print(f"mxserve listening on {self.url} (models: "
+                      f"{', '.join(self._model_names())})", flush=True)
+                return None
+            statuses = body.get("models", {}) if isinstance(body, dict) else {}
+            if statuses and "loading" not in statuses.values():
+                failed = sorted(n for n, s in statuses.items() if s == "failed")
+                if len(failed) == len(statuses):
+                    log.error("no model could be loaded: %s", failed)
+                    return EXIT_MODEL_LOAD
+                log.error("model(s) %s failed to load; serving the others", failed)
+                print(f"mxserve listening on {self.url} (failed to load: {', '.join(failed)})",
+                      flush=True)
+                return None
+            if time.monotonic() > deadline:
+                log.error("models not ready after %.0fs: %s", STARTUP_TIMEOUT_S, body)
+                return EXIT_MODEL_LOAD
+            time.sleep(0.2)
+        return EXIT_OK
+
+    def _model_names(self) -> list[str]:
+        status, body = self._get("/api-description")
+        if status != 200:
+            return [e.partition("=")[0] for e in self.config.models]
+        paths = body["description"]["paths"]
+        return sorted(p.split("/")[1] for p in paths if p.endswith("/predict"))
+
+    def _ping(self) -> tuple[int, Any]:
+        return self._get("/ping")
+
+    def _get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                return exc.code, json.loads(exc.read())
+            except ValueError:
+                return exc.code, None
+        except (OSError, ValueError):
+            return 0, None
+
+    def _serve(self) -> int:
+        while not self.stop_requested:
+            code = self._children_alive()
+            if code is not None:
+                return code
+            time.sleep(0.2)  # signals interrupt the sleep; children are checked 5x a second
+        log.info("stopping: draining in-flight requests (up to %.0fs)",
+                 self.config.drain_timeout_s)
+        return EXIT_OK
+
+    def _stop(self) -> None:
+        bound = self.config.drain_timeout_s + STOP_MARGIN_S
+        for child in (self.gunicorn, self.broker):  # frontends first: they need the broker
+            if child is None or child.poll() is not None:
+                continue
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(bound)
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d did not stop in %.0fs; killing it", child.pid, bound)
+                child.kill()
+                child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The broker's local worker processes: where each runs, starting, reaping, restarting.
+
+`plan_workers` is the placement rule (pure, unit-tested): with `gpus` = N each model gets
+one worker per GPU, pinned with CUDA_VISIBLE_DEVICES so that inside the worker it is always
+device 0; MMS 0.4's `--gpu K` pins one worker per model to GPU K; otherwise each model gets
+`workers_per_model` CPU workers, and every worker gets OMP_NUM_THREADS = cores / all CPU
+workers (at least 1), because MXNet's default of one thread per core in every worker
+oversubscribes the machine and collapses throughput.
+
+`WorkerPool` starts the planned processes, notices exits (`reap`), and restarts crashed
+workers with exponential backoff. A worker that exits with EXIT_MODEL_LOAD is not
+restarted: its model is marked failed with the reason, the other models keep serving.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import EXIT_MODEL_LOAD
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0  # a worker up this long has its backoff reset
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    model: str
+    slot: int
+    gpu: int | None  # the physical GPU, exported as CUDA_VISIBLE_DEVICES
+    threads: int
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {"OMP_NUM_THREADS": str(self.threads), "MXNET_CPU_WORKER_NTHREADS": "1"}
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+        return env
+
+
+def plan_workers(models: list[str], gpus: int = 0, gpu: int = -1, workers_per_model: int = 1,
+                 threads_per_worker: int = 0, cores: int | None = None) -> list[WorkerSpec]:
+    cores = cores or os.cpu_count() or 1
+    if gpu >= 0:
+        devices: list[int | None] = [gpu]
+    elif gpus > 0:
+        devices = list(range(gpus))
+    else:
+        devices = [None] * workers_per_model
+    total = len(models) * len(devices)
+    threads = threads_per_worker or max(1, cores // max(total, 1))
+    return [WorkerSpec(model=m, slot=i, gpu=d, threads=threads)
+            for m in models for i, d in enumerate(devices)]
+
+
+def _child_setup() -> None:
+    """Child-side, before exec: SIGTERM if the parent dies (no orphans), and a process group
+    of its own, so a terminal's Ctrl-C reaches only the parent, which then stops the
+    children in order (frontends drain before the broker goes)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    os.setpgid(0, 0)
+
+
+def spawn(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
+    """Start a child that dies with us (Linux), in our process tree."""
+    preexec = _child_setup if sys.platform.startswith("linux") else None
+    return subprocess.Popen(argv, env=env, preexec_fn=preexec, **kwargs)
+
+
+@dataclass
+class ManagedWorker:
+    spec: WorkerSpec
+    process: subprocess.Popen | None = None
+    generation: int = 0
+    started_at: float = 0.0
+    backoff_s: float = BACKOFF_START_S
+    restart_at: float | None = 0.0  # None: not to be started (failed, or stopping)
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def identity(self) -> str:
+        return f"{self.spec.model}-{self.spec.slot}-{self.generation}"
+
+
+class WorkerPool:
+    def __init__(self, specs: list[WorkerSpec], archives: dict[str, Path], broker_endpoint: str,
+                 max_batch_size: int, heartbeat_interval_s: float, log_level: str,
+                 service_file: str = "") -> None:
+        self.workers = [ManagedWorker(spec) for spec in specs]
+        self.archives = archives
+        self.broker_endpoint = broker_endpoint
+        self.max_batch_size = max_batch_size
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.log_level = log_level
+        self.service_file = service_file
+        self.failed: dict[str, str] = {}  # model -> why it cannot load
+        self.restarts: dict[str, int] = {}
+
+    def start_due(self, now: float) -> None:
+        for worker in self.workers:
+            due = worker.restart_at is not None and now >= worker.restart_at
+            if worker.process is None and due:
+                self._start(worker, now)
+
+    def _start(self, worker: ManagedWorker, now: float) -> None:
+        worker.generation += 1
+        spec = worker.spec
+        argv = [sys.executable, "-m", "worker", "--archive", str(self.archives[spec.model]),
+                "--model-name", spec.model, "--broker", self.broker_endpoint,
+                "--max-batch-size", str(self.max_batch_size), "--worker-id", worker.identity,
+                "--heartbeat-interval", str(self.heartbeat_interval_s),
+                "--log-level", self.log_level]
+        if spec.gpu is not None:
+            argv += ["--gpu", "0"]  # pinned by CUDA_VISIBLE_DEVICES: always device 0 inside
+        if self.service_file:
+            argv += ["--service-file", self.service_file]
+        env = {**os.environ, **spec.env}
+        worker.process = spawn(argv, env)
+        worker.started_at = now
+        worker.restart_at = None
+        log.info("started worker %s (pid %d) for %s on %s, %d threads", worker.identity,
+                 worker.process.pid, spec.model, f"gpu {spec.gpu}" if spec.gpu is not None
+                 else "cpu", spec.threads)
+
+    def reap(self, now: float) -> list[tuple[ManagedWorker, int, int]]:
+        """Notice exited workers; schedule restarts; return (worker, pid, exit code)."""
+        exited = []
+        for worker in self.workers:
+            process = worker.process
+            if process is None or process.poll() is None:
+                continue
+            code = process.returncode
+            exited.append((worker, process.pid, code))
+            worker.process = None
+            worker.exit_codes.append(code)
+            if code == EXIT_MODEL_LOAD:
+                self.failed.setdefault(worker.spec.model, "the model failed to load (see the "
+                                       "worker log)")
+                log.error("worker %s: model %s cannot load; not restarting", worker.identity,
+                          worker.spec.model)
+                continue
+            if now - worker.started_at > STABLE_AFTER_S:
+                worker.backoff_s = BACKOFF_START_S
+            worker.restart_at = now + worker.backoff_s
+            self.restarts[worker.spec.model] = self.restarts.get(worker.spec.model, 0) + 1
+            log.warning("worker %s (pid %d) exited with %s; restarting in %.1fs",
+                        worker.identity, process.pid, code, worker.backoff_s)
+            worker.backoff_s = min(worker.backoff_s * 2, BACKOFF_MAX_S)
+        return exited
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL a hung worker; `reap` then restarts it."""
+        for worker in self.workers:
+            if worker.process is not None and worker.process.pid == pid:
+                worker.process.kill()
+
+    def alive(self, model: str) -> int:
+        return sum(1 for w in self.workers if w.spec.model == model and w.process is not None)
+
+    def total(self, model: str) -> int:
+        return sum(1 for w in self.workers if w.spec.model == model)
+
+    def next_restart(self) -> float | None:
+        due = [w.restart_at for w in self.workers if w.process is None and w.restart_at]
+        return min(due) if due else None
+
+    def stop(self, timeout_s: float) -> None:
+        """SIGTERM every worker, wait up to timeout_s, SIGKILL the rest."""
+        for worker in self.workers:
+            worker.restart_at = None
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s did not stop in time; killing it", worker.identity)
+                worker.process.kill()
+                worker.process.wait()
+            worker.process = None
