@@ -3,8 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODELS ?= sample-models
+HOST ?= 127.0.0.1
+PORT ?= 8080
 
 .PHONY: install models test unit lint serve clean
+
+# Install everything, build the sample models, serve them on $(HOST):$(PORT) (foreground).
+serve: models
+	$(VENV)/bin/mxserve start --host $(HOST) --port $(PORT) --models \
+	    digits=$(MODELS)/digits.model resnet18=$(MODELS)/resnet18.model \
+	    digits_mlp=$(MODELS)/digits_mlp.model
 
 install: $(VENV)/.installed
 

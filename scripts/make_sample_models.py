@@ -18,6 +18,7 @@ random-initialised here. Everything is seeded: a rebuild gives the same files.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -35,6 +36,7 @@ SEED = 0
 DIGITS_SIZE = 32
 JPEG_QUALITY = 90
 MIN_DIGITS_ACCURACY = 0.95
+RESNET_SHARPNESS = 50.0  # top-1 probability ~0.3-0.8 on the scikit-learn photos
 
 
 def seed_everything() -> None:
@@ -165,6 +167,10 @@ def build_resnet18(out: Path) -> None:
     net.add(Normalize(prefix="normalize_"),
             gluon.model_zoo.vision.resnet18_v1(pretrained=False, classes=1000))
     net.initialize(mx.init.Xavier(magnitude=2.5), ctx=mx.cpu())
+    # Random weights give a near-uniform softmax (top-1 ~0.001), where any two images look
+    # alike; a sharper classifier makes each photo's answer distinct, like a trained model's.
+    classifier = net[1].output.weight
+    classifier.set_data(classifier.data() * RESNET_SHARPNESS)
     folder = out / "src" / "resnet18"
     save_with_softmax(net, folder, "resnet18", (1, 3, 224, 224))
     write_signature(folder, "image/jpeg", [1, 3, 224, 224], [1, 1000])
@@ -190,9 +196,29 @@ def build_digits_mlp(out: Path) -> float:
 BUILDERS = {"digits": build_digits, "resnet18": build_resnet18, "digits_mlp": build_digits_mlp}
 
 
+def write_examples(out: Path) -> None:
+    """Inputs for the README's curl examples: a held-out digit (JPEG and 64 JSON numbers)
+    and scikit-learn's two photos."""
+    import sklearn
+    examples = out / "examples"
+    examples.mkdir(parents=True, exist_ok=True)
+    _, x_test, _, y_test = digits_split()
+    first_zero = int(np.flatnonzero(y_test == 0)[0])
+    (examples / "digit_0.jpg").write_bytes(digit_to_jpeg(x_test[first_zero]))
+    (examples / "digit_0.json").write_text(json.dumps(x_test[first_zero].reshape(-1).tolist()))
+    photos = Path(sklearn.__file__).parent / "datasets" / "images"
+    for name in ("china.jpg", "flower.jpg"):
+        shutil.copyfile(photos / name, examples / name)
+
+
 def build(out: Path, only: list[str] | None = None, force: bool = False) -> dict[str, Path]:
     """Build (or reuse) the sample archives under `out`; return {name: archive path}."""
     out.mkdir(parents=True, exist_ok=True)
+    # Archives built by another version of this script are rebuilt.
+    stamp = out / ".built-by"
+    script_hash = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != script_hash:
+        force = True
     archives = {}
     for name in only or list(BUILDERS):
         archive = out / f"{name}.model"
@@ -209,6 +235,9 @@ def build(out: Path, only: list[str] | None = None, force: bool = False) -> dict
             export_model(name, out / "src" / name, export_path=out, force=True)
             print(f"wrote {archive}")
         archives[name] = archive
+    if not only:
+        write_examples(out)
+        stamp.write_text(script_hash)
     return archives
 
 

@@ -1,0 +1,110 @@
+"""mxserve start as a process tree: clean stops, no orphans, exit codes that mean something."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+import sklearn
+
+from common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
+from tests.server_harness import ROOT, Server, alive, descendants
+
+PHOTO = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "china.jpg")
+
+
+def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = {pid for pid in pids if alive(pid)}
+        if not left:
+            return left
+        time.sleep(0.1)
+    return {pid for pid in pids if alive(pid)}
+
+
+def test_sigterm_finishes_in_flight_requests_and_leaves_no_process(sample_models):
+    server = Server([f"resnet18={sample_models['resnet18']}"], "--max-batch-size", "1")
+    server.wait_ready()
+    tree = descendants(server.process.pid)
+    assert len(tree) >= 5  # broker, worker, gunicorn master and its 2 workers
+    with open(PHOTO, "rb") as f:
+        image = f.read()
+
+    def call(_):
+        return requests.post(f"{server.url}/resnet18/predict", files={"data": image},
+                             timeout=60).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(call, i) for i in range(16)]
+        time.sleep(0.5)  # all 16 accepted and queued: about a second of work remains
+        server.process.send_signal(signal.SIGTERM)
+        statuses = [f.result() for f in futures]
+    assert statuses == [200] * 16, statuses
+    assert server.process.wait(60) == 0
+    server.log.close()
+    assert wait_gone(tree, 10) == set(), "processes outlived mxserve start"
+
+
+def test_sigkill_of_the_launcher_takes_every_child_down(sample_models):
+    server = Server([f"digits={sample_models['digits']}"])
+    server.wait_ready()
+    tree = descendants(server.process.pid)
+    server.process.kill()
+    server.process.wait(10)
+    server.log.close()
+    assert wait_gone(tree, 20) == set(), "children survived their parent's SIGKILL"
+
+
+def run_start(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "common.cli", "start", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_bad_configuration_exits_2_with_a_message(sample_models):
+    done = run_start("--models", f"digits={sample_models['digits']}", "--port", "0")
+    assert done.returncode == EXIT_BAD_CONFIG and "port" in done.stderr
+    done = run_start("--models", "nope=/does/not/exist.model")
+    assert done.returncode == EXIT_BAD_CONFIG and "not found" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_loadable_model_exits_3(tmp_path):
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"not a zip")
+    from tests.server_harness import free_port
+
+    done = run_start("--models", f"bad={bad}", "--port", str(free_port()))
+    assert done.returncode == EXIT_MODEL_LOAD, done.stderr[-2000:]
+    assert "not a valid zip archive" in done.stderr
+
+
+def test_a_model_that_cannot_load_does_not_stop_the_others(sample_models, tmp_path, reference):
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"not a zip")
+    server = Server([f"digits={sample_models['digits']}", f"bad={bad}"])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                ping = requests.get(server.url + "/ping", timeout=2)
+                if "loading" not in ping.json().get("models", {"": "loading"}).values():
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        assert ping.status_code == 503
+        assert ping.json()["health"] == "unhealthy!"
+        assert ping.json()["models"] == {"digits": "ready", "bad": "failed"}
+        image = (reference / "images" / "digit_5.jpg").read_bytes()
+        ok = requests.post(f"{server.url}/digits/predict", files={"data": image}, timeout=30)
+        assert ok.status_code == 200
+        refused = requests.post(f"{server.url}/bad/predict", files={"data": image}, timeout=30)
+        assert refused.status_code == 404  # it has no signature: it was never served
+    finally:
+        assert server.stop() == 0
