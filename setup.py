@@ -15,7 +15,8 @@ setup(
         "pyzmq>=25",               # frontend <-> broker <-> worker transport
         "msgpack>=1.0",            # wire-protocol headers (never pickle)
         "jsonschema>=4",           # MANIFEST.json validation against the MMS 0.4 schema
-        "opencv-python-headless>=4.8,<4.12",  # decode + INTER_CUBIC resize exactly as MMS 0.4
+        "opencv-python-headless>=4.8,<4.12",  # INTER_CUBIC resize exactly as MMS 0.4
+        "pillow>=10",              # strict decoding, header-first size checks
         "flask>=3.0",
         "gunicorn>=27,<28",       # gthread frontends; 27 added the control socket we place per instance
     ],

@@ -133,8 +133,9 @@ class Launcher:
         for name, child in (("broker", self.broker), ("gunicorn", self.gunicorn)):
             if child is not None and child.poll() is not None:
                 log.error("%s exited with code %s", name, child.returncode)
-                return child.returncode if child.returncode in (EXIT_BAD_CONFIG,
-                                                                EXIT_MODEL_LOAD) else EXIT_CRASH
+                ours = child is self.broker and child.returncode in (EXIT_BAD_CONFIG,
+                                                                      EXIT_MODEL_LOAD)
+                return child.returncode if ours else EXIT_CRASH
         return None
 
     def _wait_until_ready(self) -> int | None:
