@@ -10,7 +10,8 @@ Lifecycle:
   3. Loop: REQUEST -> run the batch -> REPLY (one reply per batch, an answer or an error per
      request; a REPLY also tells the broker this worker is idle again). HEARTBEAT every
      interval; if the broker is silent for `liveness` intervals, reconnect and say READY
-     again (the broker may have restarted). DISCONNECT from the broker -> exit.
+     again (the broker may have restarted). DISCONNECT {reason: "unknown"} (a broker that
+     does not know us) -> say READY again; any other DISCONNECT -> exit.
   4. SIGTERM/SIGINT: the handler only sets a flag and wakes the poller (self-pipe); the
      current batch finishes, DISCONNECT is sent, exit 0. An unexpected exception exits
      with EXIT_CRASH (1), which the supervisor restarts.
@@ -168,8 +169,13 @@ class Worker:
                 continue
             if message.kind == Kind.REQUEST:
                 self._serve(message)
+            elif message.kind == Kind.DISCONNECT and message.fields.get("reason") == "unknown":
+                log.info("the broker does not know this worker (it restarted?); re-registering")
+                self._connect()
+                return
             elif message.kind == Kind.DISCONNECT:
-                log.info("broker asked this worker to stop")
+                log.info("broker asked this worker to stop (%s)",
+                         message.fields.get("reason", "shutdown"))
                 self.stopping = True
 
     def _serve(self, message: Message) -> None:

@@ -108,3 +108,29 @@ def test_a_model_that_cannot_load_does_not_stop_the_others(sample_models, tmp_pa
         assert refused.status_code == 404  # it has no signature: it was never served
     finally:
         assert server.stop() == 0
+
+
+def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
+    server = Server([f"digits={sample_models['digits']}"])
+    try:
+        server.wait_ready()
+        broker = next(pid for pid in descendants(server.process.pid)
+                      if b"worker.broker" in open(f"/proc/{pid}/cmdline", "rb").read())
+        [worker] = descendants(broker)
+        os.kill(worker, signal.SIGKILL)
+        image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            response = requests.post(f"{server.url}/digits/predict", files={"data": image},
+                                     timeout=30)
+            if response.status_code == 200:
+                break
+            assert response.status_code == 503 and response.headers["Retry-After"]
+            time.sleep(0.2)
+        assert response.status_code == 200
+        assert response.json()["prediction"][0][0]["class"] == "0"
+        [replacement] = descendants(broker)
+        assert replacement != worker
+        assert "exited with -9; restarting" in server.log_text()
+    finally:
+        assert server.stop() == 0
