@@ -82,6 +82,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_batch_size", int, 8, "most requests sent to a worker in one batch", _positive),
     Setting("max_batch_delay_ms", float, 0.0, "how long the broker may hold a partial batch",
             _non_negative),
+    Setting("batching", list, [], "per-model batching overrides, as name=max_batch_size[:"
+            "max_batch_delay_ms] (e.g. resnet18=16:2)"),
+    Setting("jpeg_draft", bool, False, "decode JPEGs at least twice the input size at a "
+            "reduced scale (Pillow draft): much faster on large photos, but the pixels differ "
+            "from MMS 0.4's full decode + bicubic decimation, so answers can move"),
     Setting("max_queue_size", int, 100, "queued requests per model before 503", _positive),
     Setting("request_timeout_s", float, 30.0, "inference deadline per request", _positive),
     Setting("gunicorn_timeout_s", float, 60.0, "gunicorn worker timeout (> request timeout)",
@@ -182,6 +187,34 @@ def validate(config: Config) -> None:
             f"exceed request_timeout_s + {FRONTEND_WAIT_MARGIN_S} ({frontend_wait_s(config)})")
     for entry in config.models:
         parse_model_spec(entry)
+    parse_batching(config.batching)
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int
+    max_batch_delay_ms: float
+
+
+def parse_batching(entries: list[str]) -> dict[str, Batching]:
+    """'name=size[:delay_ms]' entries -> {name: Batching}."""
+    result = {}
+    for entry in entries:
+        name, _, spec = entry.partition("=")
+        size, _, delay = spec.partition(":")
+        try:
+            batching = Batching(int(size), float(delay or 0))
+        except ValueError as exc:
+            raise ConfigError(f"batching {entry!r}: expected name=size[:delay_ms]") from exc
+        if not name or batching.max_batch_size < 1 or batching.max_batch_delay_ms < 0:
+            raise ConfigError(f"batching {entry!r}: expected name=size[:delay_ms], size >= 1")
+        result[name] = batching
+    return result
+
+
+def batching_for(config: Config, model: str) -> Batching:
+    return parse_batching(config.batching).get(
+        model, Batching(config.max_batch_size, config.max_batch_delay_ms))
 
 
 def parse_model_spec(entry: str) -> tuple[str | None, str]:

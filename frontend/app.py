@@ -47,7 +47,7 @@ def create_app(config: Config | None = None) -> Flask:
     client = BrokerClient(config.broker_frontend)
     catalog = Catalog(client)
     limits = Limits(max_image_pixels=config.max_image_pixels,
-                    max_json_depth=config.max_json_depth)
+                    max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft)
     wait_s = frontend_wait_s(config)
 
     @app.before_request

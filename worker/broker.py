@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from common.archive import ModelArchive, load_archive
-from common.config import Config, load_config, parse_model_spec
+from common.config import Config, batching_for, load_config, parse_model_spec
 from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
                            InvalidInput, ModelNotFound, MXServeError, ServiceUnavailable)
 from common.logs import setup_logging
@@ -74,6 +74,10 @@ class WorkerState:
 @dataclass
 class ModelState:
     archive: ModelArchive | None
+    max_batch_size: int = 1
+    max_batch_delay_s: float = 0.0
+    batches: int = 0  # dispatched so far, with `batched` requests in them
+    batched: int = 0
     queue: deque[Pending] = field(default_factory=deque)
     idle: deque[bytes] = field(default_factory=deque)
     workers: set[bytes] = field(default_factory=set)
@@ -90,9 +94,14 @@ class Broker:
         self.drain_deadline = 0.0
         self.stop_requested = False
         archives = self._load_archives(run_dir / "models")
+        for name, model in self.models.items():
+            batching = batching_for(config, name)
+            model.max_batch_size = batching.max_batch_size
+            model.max_batch_delay_s = batching.max_batch_delay_ms / 1000.0
         specs = plan_workers([n for n, s in self.models.items() if s.archive], config.gpus,
                              config.gpu, config.workers_per_model, config.threads_per_worker)
-        self.pool = WorkerPool(specs, archives, worker_endpoint, config.max_batch_size,
+        self.pool = WorkerPool(specs, archives, worker_endpoint,
+                               {n: m.max_batch_size for n, m in self.models.items()},
                                config.heartbeat_interval_s, config.log_level, config.service)
         self.context = zmq.Context()
         self.frontends = self._bind(frontend_endpoint)
@@ -200,6 +209,8 @@ class Broker:
         for model in self.models.values():
             if model.queue:
                 wake.append(min(p.deadline for p in model.queue))
+                if model.idle and model.max_batch_delay_s:
+                    wake.append(model.queue[0].received + model.max_batch_delay_s)
         for worker in self.workers.values():
             if worker.batch:
                 wake.append(worker.batch_deadline)
@@ -367,13 +378,19 @@ class Broker:
                 "ready": len(model.workers),
                 "workers": self.pool.total(name) if archive else 0,
                 "devices": sorted({self.workers[w].device for w in model.workers}),
+                "threads_per_worker": next((s.threads for s in self.pool.specs
+                                            if s.model == name), 0),
+                "max_batch_size": model.max_batch_size,
+                "max_batch_delay_ms": model.max_batch_delay_s * 1000.0,
+                "batches": model.batches,
+                "mean_batch_size": round(model.batched / model.batches, 3) if model.batches
+                else 0.0,
                 "queue": len(model.queue),
                 "status": ("failed" if model.error or archive is None
                            else "ready" if model.workers else "loading"),
                 "error": model.error,
             }
-        return {"models": models, "draining": self.draining,
-                "max_batch_size": self.config.max_batch_size}
+        return {"models": models, "draining": self.draining}
 
     # -- scheduling --------------------------------------------------------------------
 
@@ -400,17 +417,24 @@ class Broker:
                 self.pool.kill(worker.pid)
 
     def dispatch(self, now: float) -> None:
+        """Idle worker + queued requests -> one batch of up to max_batch_size requests. With
+        max_batch_delay_ms, a partial batch waits until its oldest request is that old."""
         for name, model in self.models.items():
             while model.queue and model.idle:
+                if (model.max_batch_delay_s and len(model.queue) < model.max_batch_size
+                        and now - model.queue[0].received < model.max_batch_delay_s):
+                    break
                 identity = model.idle.popleft()
                 worker = self.workers[identity]
-                size = min(worker.max_batch_size, self.config.max_batch_size)
+                size = min(worker.max_batch_size, model.max_batch_size)
                 batch: list[Pending] = []
                 while model.queue and len(batch) < size:
                     batch.append(model.queue.popleft())
                 items = [Item(p.item.id, {"budget_ms": max(0.0, (p.deadline - now) * 1000.0)},
                               p.item.arrays) for p in batch]
                 worker.batch = {p.item.id: p for p in batch}
+                model.batches += 1
+                model.batched += len(batch)
                 worker.batch_started = now
                 worker.batch_deadline = max(p.deadline for p in batch) + OVERRUN_GRACE_S
                 if not self._send_worker(identity, Message(Kind.REQUEST, {"model": name}, items)):

@@ -1,11 +1,16 @@
 """Forward passes over variable batch sizes without rebinding per request.
 
 An MXNet executor is bound for fixed input shapes. Rebinding for every batch size costs
-milliseconds and memory; instead the predictor binds once for the largest batch bucket and
-derives one executor per smaller bucket with `Executor.reshape`, which shares the weights
-and (because it only shrinks) the activation memory of the largest. A batch of n runs on
-the smallest bucket >= n, padded; buckets are powers of two up to `max_batch_size`, so
-padding costs at most 2x on the odd sizes and memory stays that of one max-size executor.
+milliseconds and memory; instead the predictor binds once for the largest batch size and
+derives an executor for each smaller size on first use with `Executor.reshape`, which shares
+the weights and (because it only shrinks) the activation memory of the largest. Every size
+gets its own executor, so no batch is padded: padding to power-of-two buckets was measured
+to cost 20-50 % throughput on odd sizes (resnet18, 1 thread: batch 5 at 50.6 ms/image padded
+to 8, 33.3 ms/image exact). With MKLDNN's subgraph backend each reshaped executor caches its
+own fused weights (+400 MB for resnet18 at sizes 1-8), which is why workers run with
+MXNET_SUBGRAPH_BACKEND=NONE by default (within 3 % of its speed here; see worker/pool.py).
+The loaded parameters are dropped once copied into the executor (one copy of the weights,
+not two) and re-read from the file if the executor is ever rebound.
 
 Call it from one long-lived thread only (MXNet leaks memory per short-lived thread).
 """
@@ -27,14 +32,8 @@ MAX_SHAPE_VARIANTS = 8  # distinct non-batch input shapes kept bound (signatures
 
 
 def batch_buckets(max_batch_size: int) -> list[int]:
-    """Powers of two below max_batch_size, then max_batch_size itself: 1, 2, 4, ..., max."""
-    buckets = []
-    size = 1
-    while size < max_batch_size:
-        buckets.append(size)
-        size *= 2
-    buckets.append(max_batch_size)
-    return buckets
+    """The batch sizes an executor exists for: every size up to max_batch_size."""
+    return list(range(1, max_batch_size + 1))
 
 
 class BucketedPredictor:
@@ -43,27 +42,32 @@ class BucketedPredictor:
         """`sample_shapes`: each input's shape without the batch axis, 0s replaced by 1."""
         try:
             self.symbol = mx.sym.load(str(symbol_path))
-            loaded = mx.nd.load(str(params_path))
         except mx.base.MXNetError as exc:
-            raise ArchiveError(f"cannot read the model's symbol or parameters: "
+            raise ArchiveError(f"cannot read the model's symbol: "
                                f"{str(exc).splitlines()[0]}") from exc
-        if not isinstance(loaded, dict):
-            raise ArchiveError(f"{params_path.name} holds no named parameters")
+        self.params_path = params_path
         self.ctx = ctx
         self.input_names = list(input_names)
         missing_inputs = [n for n in self.input_names if n not in self.symbol.list_arguments()]
         if missing_inputs:
             raise ArchiveError(f"signature inputs {missing_inputs} are not inputs of the symbol "
                                f"(its arguments: {self.symbol.list_arguments()[:8]}...)")
-        self.arg_params, self.aux_params = self._split_params(loaded)
         self.max_batch_size = 0
         self._default_shapes = tuple(tuple(s) for s in sample_shapes)
         self._executors: OrderedDict[tuple, mx.executor.Executor] = OrderedDict()
         self._base: mx.executor.Executor | None = None
         self.set_max_batch_size(1)
 
-    def _split_params(self, loaded: dict) -> tuple[dict, dict]:
-        args, auxs = {}, {}
+    def _load_params(self) -> tuple[dict, dict]:
+        try:
+            loaded = mx.nd.load(str(self.params_path))
+        except mx.base.MXNetError as exc:
+            raise ArchiveError(f"cannot read {self.params_path.name}: "
+                               f"{str(exc).splitlines()[0]}") from exc
+        if not isinstance(loaded, dict):
+            raise ArchiveError(f"{self.params_path.name} holds no named parameters")
+        args: dict[str, mx.nd.NDArray] = {}
+        auxs: dict[str, mx.nd.NDArray] = {}
         arg_names = set(self.symbol.list_arguments())
         for key, value in loaded.items():
             kind, _, name = key.partition(":")
@@ -79,24 +83,27 @@ class BucketedPredictor:
         self.max_batch_size = max_batch_size
         self.buckets = batch_buckets(max_batch_size)
         self._executors.clear()
+        self._base = None
         self._base = self._bind(max_batch_size, self._default_shapes)
 
     def _bind(self, batch: int, shapes: tuple[tuple[int, ...], ...]) -> mx.executor.Executor:
         input_shapes = {n: (batch, *s) for n, s in zip(self.input_names, shapes)}
         exe = self.symbol.simple_bind(self.ctx, grad_req="null", **input_shapes)
+        arg_params, aux_params = self._load_params()
         missing = []
         for name, array in exe.arg_dict.items():
             if name in input_shapes:
                 continue
-            if name in self.arg_params:
-                self._copy_param(name, self.arg_params[name], array)
+            if name in arg_params:
+                self._copy_param(name, arg_params[name], array)
             else:
                 missing.append(name)  # e.g. softmax_label: MMS 0.4 bound with allow_missing
                 array[:] = 0
         for name, array in exe.aux_dict.items():
-            if name not in self.aux_params:
+            if name not in aux_params:
                 raise ArchiveError(f"auxiliary state {name!r} is missing from the parameters")
-            self._copy_param(name, self.aux_params[name], array)
+            self._copy_param(name, aux_params[name], array)
+        mx.nd.waitall()  # the copies are done: the loaded arrays can go
         if missing:
             log.info("arguments not in the parameter file, zero-filled: %s", missing)
         self._executors[(batch, shapes)] = exe
@@ -124,6 +131,14 @@ class BucketedPredictor:
             oldest = next(k for k in self._executors if k[1] != self._default_shapes)
             del self._executors[oldest]
         return exe
+
+    def warm_up(self) -> None:
+        """One forward at every batch size, so MKLDNN builds its primitives (and the process
+        reaches its steady memory) before the first request, not during it."""
+        zeros = [np.zeros((self.max_batch_size, *s), np.float32) for s in self._default_shapes]
+        for size in self.buckets:
+            for out in self.forward([z[:size] for z in zeros]):
+                out.wait_to_read()
 
     def bucket_for(self, n: int) -> int:
         for bucket in self.buckets:

@@ -52,3 +52,17 @@ def test_bad_settings_are_refused_with_the_reason(tmp_path, cli, env, file_text,
         path.write_text(file_text)
     with pytest.raises(ConfigError, match=match):
         load_config(cli, str(path) if path else None, env=env)
+
+
+def test_per_model_batching_overrides():
+    from common.config import batching_for
+
+    config = load_config({"batching": ["resnet18=16:2.5", "digits=4"], "max_batch_size": 8},
+                         env={})
+    assert batching_for(config, "resnet18").max_batch_size == 16
+    assert batching_for(config, "resnet18").max_batch_delay_ms == 2.5
+    assert batching_for(config, "digits").max_batch_delay_ms == 0
+    assert batching_for(config, "other").max_batch_size == 8
+    for bad in (["x"], ["x=0"], ["x=4:-1"], ["=4"], ["x=four"]):
+        with pytest.raises(ConfigError, match="batching"):
+            load_config({"batching": bad}, env={})

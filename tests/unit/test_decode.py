@@ -143,3 +143,30 @@ def test_deep_nesting_is_refused_fast():
 
 def test_json_payload_helper_roundtrip():
     assert tensor(json.dumps(np.arange(8).reshape(2, 4).tolist())).sum() == 28
+
+
+def test_jpeg_draft_decodes_large_photos_at_reduced_scale_only():
+    import time
+
+    china = cv2.imdecode(np.frombuffer(photo(), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    data = encode(cv2.resize(china, (3200, 2135), interpolation=cv2.INTER_CUBIC), "JPEG",
+                  quality=90)
+    full_limits, draft_limits = Limits(), Limits(jpeg_draft=True)
+    assert not full_limits.jpeg_draft  # off by default: MMS 0.4's pixels
+
+    def timed(limits):
+        started = time.perf_counter()
+        out = decode_inputs(IMAGE_SIG, image_field(data), limits)["data"]
+        return out, time.perf_counter() - started
+
+    full, full_s = timed(full_limits)
+    fast, fast_s = timed(draft_limits)
+    assert fast.shape == full.shape == (224, 224, 3)
+    # The same picture, not the same pixels: why draft decoding is opt-in.
+    difference = np.abs(fast.astype(int) - full.astype(int)).mean()
+    assert 0 < difference < 8, difference
+    assert fast_s < full_s
+    # Photos under twice the input size decode in full: pixel-identical to 0.4.
+    np.testing.assert_array_equal(
+        decode_inputs(IMAGE_SIG, image_field(photo()), draft_limits)["data"],
+        decode_inputs(IMAGE_SIG, image_field(photo()), full_limits)["data"])

@@ -130,6 +130,7 @@ class MXNetBaseService(SingleNodeService):
 
     def set_max_batch_size(self, max_batch_size: int) -> None:
         self.predictor.set_max_batch_size(max_batch_size)
+        self.predictor.warm_up()
 
     def _preprocess(self, data: Request) -> list:
         return [mx.nd.array(d) for d in data]
