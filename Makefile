@@ -6,7 +6,13 @@ MODELS ?= sample-models
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install models test unit lint serve clean
+.PHONY: install models test unit lint serve bench clean
+
+# The benchmark suite (about 6 minutes; run it alone): figures for the README.
+bench: models
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk apache2-utils)
+	$(PY) -m pip install -q -e '.[dev,samples,bench]'
+	$(PY) benchmarks/bench.py
 
 # Install everything, build the sample models, serve them on $(HOST):$(PORT) (foreground).
 serve: models

@@ -22,6 +22,7 @@ setup(
     ],
     extras_require={
         "samples": ["scikit-learn>=1.3"],  # bundled digits data and JPEG photos
+        "bench": ["matplotlib>=3.7", "py-spy"],  # the benchmark plot; profiling
         "dev": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7", "ruff", "mypy"],
     },
     entry_points={"console_scripts": ["mxserve = common.cli:main"]},

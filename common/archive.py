@@ -196,6 +196,8 @@ def _require_plain_file(root: Path, file_name: str, what: str) -> Path:
     if path.is_symlink():
         raise ArchiveError(f"{what} file {file_name!r} is a symbolic link")
     if not path.is_file():
+        if file_name == MANIFEST_NAME:
+            raise ArchiveError(f"{root} has no {MANIFEST_NAME}")
         raise ArchiveError(f"{what} file {file_name!r} named in {MANIFEST_NAME} is not in "
                            "the archive")
     return path

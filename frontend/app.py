@@ -9,9 +9,10 @@ log with the request id, never to the client. Each response carries X-Request-Id
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -49,10 +50,15 @@ def create_app(config: Config | None = None) -> Flask:
     limits = Limits(max_image_pixels=config.max_image_pixels,
                     max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft)
     wait_s = frontend_wait_s(config)
+    request_counter = itertools.count()  # next() on it is atomic under the GIL
 
     @app.before_request
     def start_request() -> None:
-        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        # The wire id is ours and unique; a client's X-Request-Id is only echoed and logged
+        # (two clients sending the same one must not collide in a batch).
+        g.wire_id = f"{os.getpid():x}-{next(request_counter):x}"
+        client_id = request.headers.get("X-Request-Id", "")
+        g.request_id = client_id[:64] if client_id.isprintable() and client_id else g.wire_id
         g.started = time.monotonic()
 
     @app.after_request
@@ -71,10 +77,21 @@ def create_app(config: Config | None = None) -> Flask:
                 f"{[s.name for s in signature.inputs]}, not {request.mimetype or 'no body'}")
         fields = [Field(name, f.read(), True) for name, f in request.files.items(multi=True)]
         fields += [Field(name, value, False) for name, value in request.form.items(multi=True)]
+        parsed = time.monotonic()
         arrays = decode_inputs(signature, fields, limits)
-        result, _ = client.predict(model, g.request_id, arrays, config.request_timeout_s,
-                                   wait_s)
-        return jsonify(prediction=result)
+        decoded = time.monotonic()
+        result, timing = client.predict(model, g.wire_id, arrays, config.request_timeout_s,
+                                        wait_s)
+        response = jsonify(prediction=result)
+        # Where the time went, in the standard Server-Timing header (milliseconds).
+        response.headers["Server-Timing"] = ", ".join([
+            f"parse;dur={(parsed - g.started) * 1000:.2f}",
+            f"decode;dur={(decoded - parsed) * 1000:.2f}",
+            f"queue;dur={timing.get('queue_ms', 0):.2f}",
+            f"inference;dur={timing.get('inference_ms', 0):.2f}",
+            f"broker;dur={(time.monotonic() - decoded) * 1000:.2f}",
+            f"batch;desc={timing.get('batch_size', 0)}"])
+        return response
 
     def health() -> tuple[Response, int]:
         try:

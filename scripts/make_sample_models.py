@@ -11,6 +11,7 @@
               cannot be downloaded here); image/jpeg 3x224x224, 1000-line synset. The graph
               carries the ImageNet normalisation, as served models should.
   digits_mlp  an MLP on the 64 raw digit pixels; application/json in and out.
+  noop        output = input, application/json [0, 4]: server overhead with no model cost.
 
 Model weights cannot be downloaded on this machine, which is why these are trained or
 random-initialised here. Everything is seeded: a rebuild gives the same files.
@@ -193,7 +194,23 @@ def build_digits_mlp(out: Path) -> float:
     return float((predicted == y_test).mean())
 
 
-BUILDERS = {"digits": build_digits, "resnet18": build_resnet18, "digits_mlp": build_digits_mlp}
+def build_noop(out: Path) -> None:
+    """Output = input (times a 1-valued parameter): the server's overhead with no model cost."""
+    folder = out / "src" / "noop"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = mx.sym.var("data")
+    output = mx.sym.broadcast_mul(data, mx.sym.var("scale", shape=(1, 1)), name="output")
+    output.save(str(folder / "noop-symbol.json"))
+    mx.nd.save(str(folder / "noop-0000.params"), {"arg:scale": mx.nd.ones((1, 1))})
+    signature = {"inputs": [{"data_name": "data", "data_shape": [0, 4]}],
+                 "input_type": "application/json",
+                 "outputs": [{"data_name": "output", "data_shape": [0, 4]}],
+                 "output_type": "application/json"}
+    (folder / "signature.json").write_text(json.dumps(signature, indent=2))
+
+
+BUILDERS = {"digits": build_digits, "resnet18": build_resnet18, "digits_mlp": build_digits_mlp,
+            "noop": build_noop}
 
 
 def write_examples(out: Path) -> None:
@@ -206,6 +223,7 @@ def write_examples(out: Path) -> None:
     first_zero = int(np.flatnonzero(y_test == 0)[0])
     (examples / "digit_0.jpg").write_bytes(digit_to_jpeg(x_test[first_zero]))
     (examples / "digit_0.json").write_text(json.dumps(x_test[first_zero].reshape(-1).tolist()))
+    (examples / "noop.json").write_text("[[1.0, 2.0, 3.0, 4.0]]")
     photos = Path(sklearn.__file__).parent / "datasets" / "images"
     for name in ("china.jpg", "flower.jpg"):
         shutil.copyfile(photos / name, examples / name)

@@ -8,8 +8,9 @@ CATALOG messages; workers (DEALER, one per worker process) send READY, REPLY, HE
 
 Per model: a bounded FIFO of pending requests and the set of its idle workers. The loop:
 
-    poll -> receive_from_workers -> receive_from_frontends -> reap_children
-         -> expire -> purge_silent_workers -> dispatch -> heartbeat -> start_due_workers
+    poll -> receive_from_workers -> receive_from_frontends -> dispatch, and every 50 ms
+    (or at once on a signal): reap_children -> expire -> purge_silent_workers -> heartbeat
+    -> start_due_workers
 
 Rules: a full queue or a model with no live worker answers 503 at once; a request whose
 deadline passes while queued is answered 504 and never executed; a worker that overruns
@@ -44,6 +45,7 @@ from worker.pool import WorkerPool, plan_workers
 log = logging.getLogger("broker")
 
 LIVENESS = 3  # missed heartbeats before an idle worker is presumed dead
+HOUSEKEEPING_S = 0.05  # reaping, expiry, heartbeats: 20 times a second is plenty
 OVERRUN_GRACE_S = 1.0  # a batch may run this long past its last deadline before the kill
 
 
@@ -113,6 +115,7 @@ class Broker:
         self.poller.register(self.frontends, zmq.POLLIN)
         self.poller.register(self.wake_r, zmq.POLLIN)
         self.next_heartbeat = 0.0
+        self.next_housekeeping = 0.0
 
     def _load_archives(self, extract_root: Path) -> dict[str, Path]:
         """Extract each archive once here; workers read the extracted folder."""
@@ -162,20 +165,25 @@ class Broker:
                 if self.draining and (not self._in_flight() or now >= self.drain_deadline):
                     break
                 events = dict(self.poller.poll(self._poll_timeout_ms(now)))
-                if self.wake_r in events:
+                signalled = self.wake_r in events
+                if signalled:
                     os.read(self.wake_r, 4096)
                 if self.backend in events:
                     self.receive_from_workers()
                 if self.frontends in events:
                     self.receive_from_frontends()
                 now = time.monotonic()
-                self.reap_children(now)
-                self.expire(now)
-                self.purge_silent_workers(now)
+                # Housekeeping when a timer or a signal (a child exited) woke us, else at most
+                # every HOUSEKEEPING_S: run per message it cost more than the routing did.
+                if signalled or not events or now >= self.next_housekeeping:
+                    self.next_housekeeping = now + HOUSEKEEPING_S
+                    self.reap_children(now)
+                    self.expire(now)
+                    self.purge_silent_workers(now)
+                    self.heartbeat(now)
+                    if not self.draining:
+                        self.pool.start_due(now)
                 self.dispatch(now)
-                self.heartbeat(now)
-                if not self.draining:
-                    self.pool.start_due(now)
         finally:
             self._shutdown()
 

@@ -12,7 +12,8 @@ import requests
 import sklearn
 
 from common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
-from tests.server_harness import ROOT, Server, alive, descendants
+from common.proctree import alive, cmdline, descendants
+from tests.server_harness import ROOT, Server
 
 PHOTO = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "china.jpg")
 
@@ -115,7 +116,7 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
     try:
         server.wait_ready()
         broker = next(pid for pid in descendants(server.process.pid)
-                      if b"worker.broker" in open(f"/proc/{pid}/cmdline", "rb").read())
+                      if "worker.broker" in cmdline(pid))
         [worker] = descendants(broker)
         os.kill(worker, signal.SIGKILL)
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()

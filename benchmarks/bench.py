@@ -1,0 +1,408 @@
+#!/usr/bin/env python
+"""mxserve's benchmark suite: served performance against the in-process MXNet limit,
+measured side by side in one run on one machine.
+
+    python benchmarks/bench.py [--duration 10] [--connections 1 8 32 128] [--out DIR]
+
+  1. The limit: in-process MXNet, same model files, same preprocessing (the frontend's own
+     decode function, then the worker's predictor), all cores as 2 processes x 1 thread,
+     at batch 1 and 8, with and without MKLDNN's subgraph backend; the best is the limit.
+     Batch-1 latency of decode + forward, 1 thread (what one served worker has) and all
+     cores.
+  2. mxserve under wrk (multipart POST, benchmarks/multipart.lua) at each connection count:
+     requests/s, p50/p90/p99 latency, non-2xx, server CPU ms per request (all server
+     processes), peak PSS of all server processes; then batching off vs on at 1 and 32
+     connections.
+  3. The same for the digits CNN and for `noop` (output = input: the server's own cost).
+  4. Ratios: served / limit throughput at 32 connections; served p50 / limit latency at 1.
+
+Results go to <out>/latest.json, <out>/latest.md and <out>/throughput_p99.png. Every load
+is bounded: wrk runs `--duration` seconds per point. Run it alone: two cores are all there is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from common.proctree import cpu_seconds, descendants, pss_bytes  # noqa: E402
+
+LUA = ROOT / "benchmarks" / "multipart.lua"
+MIB = 1024 * 1024
+
+# What each benchmarked model is fed: file, form field, file name ("" = text field).
+INPUTS = {
+    "resnet18": ("examples/china.jpg", "data", "china.jpg"),
+    "digits": ("examples/digit_0.jpg", "data", "digit.jpg"),
+    "noop": ("examples/noop.json", "data", ""),
+}
+
+
+# -- the limit: in-process MXNet ------------------------------------------------------------
+
+def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
+                  seconds: float, subgraph: bool, results: mp.Queue) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if subgraph else "NONE"
+    import mxnet as mx
+    import numpy as np
+
+    from common.archive import load_archive
+    from frontend.decode import Limits, decode_image
+    from worker.predictor import BucketedPredictor
+
+    archive = load_archive(model_dir, extract_dir)
+    spec = archive.signature.inputs[0]
+    predictor = BucketedPredictor(archive.symbol_path, archive.params_path, [spec.name],
+                                  [tuple(spec.shape[1:])], mx.cpu())
+    predictor.set_max_batch_size(batch)
+    data = Path(input_file).read_bytes()
+
+    def step() -> None:
+        images = [decode_image(data, spec, Limits()) for _ in range(batch)]
+        x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
+        predictor.forward([x])[0].asnumpy()
+
+    for _ in range(3):
+        step()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        done += batch
+    results.put(done / (time.perf_counter() - started))
+
+
+def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: int,
+                    subgraph: bool, results: mp.Queue) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if subgraph else "NONE"
+    import mxnet as mx
+    import numpy as np
+
+    from common.archive import load_archive
+    from frontend.decode import Limits, decode_image
+    from worker.predictor import BucketedPredictor
+
+    archive = load_archive(model_dir, extract_dir)
+    spec = archive.signature.inputs[0]
+    predictor = BucketedPredictor(archive.symbol_path, archive.params_path, [spec.name],
+                                  [tuple(spec.shape[1:])], mx.cpu())
+    data = Path(input_file).read_bytes()
+    samples = []
+    for i in range(40):
+        started = time.perf_counter()
+        x = decode_image(data, spec, Limits())[np.newaxis].transpose(0, 3, 1, 2)
+        predictor.forward([x.astype(np.float32)])[0].asnumpy()
+        if i >= 5:
+            samples.append((time.perf_counter() - started) * 1000)
+    results.put(statistics.median(samples))
+
+
+def _collect(procs: list, queue: mp.Queue, timeout_s: float) -> list[float]:
+    """Each process's result; a process that died is an error, never a hang."""
+    for p in procs:
+        p.start()
+    values = []
+    deadline = time.monotonic() + timeout_s
+    while len(values) < len(procs):
+        try:
+            values.append(queue.get(timeout=1.0))
+        except Exception:  # queue.Empty
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError("a limit measurement process failed") from None
+    for p in procs:
+        p.join()
+    return values
+
+
+def measure_limit(archive: Path, extract_dir: Path, input_file: Path, seconds: float) -> dict:
+    """`archive`: the .model, read exactly as the server reads it."""
+    context = mp.get_context("spawn")  # fresh interpreters: no MXNet state before fork
+    model_dir = archive
+    throughput = {}
+    for subgraph in (True, False):
+        for batch in (1, 8):
+            queue = context.Queue()
+            procs = [context.Process(target=_limit_worker, args=(
+                str(model_dir), str(extract_dir), str(input_file), batch, seconds, subgraph,
+                queue)) for _ in range(os.cpu_count() or 1)]
+            total = sum(_collect(procs, queue, seconds + 300))
+            throughput[f"batch{batch}_{'mkldnn' if subgraph else 'plain'}"] = round(total, 2)
+    latency = {}
+    for threads in (1, os.cpu_count() or 1):
+        for subgraph in (True, False):
+            queue = context.Queue()
+            p = context.Process(target=_latency_worker, args=(
+                str(model_dir), str(extract_dir), str(input_file), threads, subgraph, queue))
+            [value] = _collect([p], queue, 300)
+            latency[f"{threads}thread_{'mkldnn' if subgraph else 'plain'}"] = round(value, 2)
+    return {"images_per_s": throughput, "best_images_per_s": max(throughput.values()),
+            "batch1_latency_ms": latency}
+
+
+# -- mxserve under wrk ----------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """`mxserve start` with one model, on a free port."""
+
+    def __init__(self, name: str, archive: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "common.cli", "start", "--models", f"{name}={archive}",
+             "--port", str(self.port), "--log-level", "WARNING", *extra],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            self.stop()
+            raise RuntimeError(f"mxserve did not become ready for {name}")
+        time.sleep(1.0)  # let start-up settle before idle memory is read
+
+    def pids(self) -> set[int]:
+        return descendants(self.process.pid) | {self.process.pid}
+
+    def pss_mib(self) -> float:
+        return sum(pss_bytes(pid) for pid in self.pids()) / MIB
+
+    def catalog(self) -> dict:
+        with urllib.request.urlopen(self.url + "/api-description", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+
+
+WRK_LATENCY = re.compile(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(stack: Stack, model: str, models_dir: Path, connections: int,
+            duration: float) -> dict:
+    input_file, field, filename = INPUTS[model]
+    env = dict(os.environ, BENCH_FILE=str(models_dir / input_file), BENCH_FIELD=field,
+               BENCH_FILENAME=filename)
+    pids = stack.pids()
+    peak = [stack.pss_mib()]
+    stop = threading.Event()
+
+    def sample_memory() -> None:
+        while not stop.wait(0.5):
+            peak.append(stack.pss_mib())
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    cpu_before = cpu_seconds(pids)
+    sampler.start()
+    done = subprocess.run(
+        ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{int(duration)}s",
+         "--latency", "--timeout", "30s", "-s", str(LUA), f"{stack.url}/{model}/predict"],
+        env=env, capture_output=True, text=True, timeout=duration + 60)
+    stop.set()
+    sampler.join()
+    cpu_used = cpu_seconds(pids) - cpu_before
+    out = done.stdout
+    if done.returncode != 0 or "requests in" not in out:
+        raise RuntimeError(f"wrk failed: {done.stderr or out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    latency = {f"p{p}": round(float(v) * UNITS_MS[u], 2) for p, v, u in WRK_LATENCY.findall(out)}
+    return {
+        "connections": connections,
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        **latency,
+        "requests": requests,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+        "server_cpu_ms_per_request": round(cpu_used * 1000 / max(requests, 1), 3),
+        "peak_pss_mib": round(max(peak), 1),
+    }
+
+
+def bench_model(model: str, models_dir: Path, connections: list[int], duration: float,
+                *extra: str) -> dict:
+    stack = Stack(model, models_dir / f"{model}.model", *extra)
+    try:
+        idle = stack.pss_mib()
+        points = []
+        for c in connections:
+            point = run_wrk(stack, model, models_dir, c, duration)
+            print(f"  {model} {' '.join(extra)} c={c}: {point['requests_per_s']:.1f} req/s, "
+                  f"p50 {point.get('p50')} ms, p99 {point.get('p99')} ms, "
+                  f"non-2xx {point['non_2xx']}, cpu {point['server_cpu_ms_per_request']} "
+                  f"ms/req, peak {point['peak_pss_mib']} MiB", flush=True)
+            points.append(point)
+        return {"idle_pss_mib": round(idle, 1), "points": points,
+                "processes": len(stack.pids())}
+    finally:
+        stack.stop()
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, run in results["served"].items():
+        xs = [p["connections"] for p in run["points"]]
+        left.plot(xs, [p["requests_per_s"] for p in run["points"]], marker="o", label=label)
+        right.plot(xs, [p.get("p99", float("nan")) for p in run["points"]], marker="o",
+                   label=label)
+    limit = results["limit"]["resnet18"]["best_images_per_s"]
+    left.axhline(limit, linestyle="--", color="gray", label="resnet18 in-process limit")
+    for axis, title in ((left, "throughput (requests/s)"), (right, "p99 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("connections (wrk)")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle(f"mxserve on {results['machine']['cpus']} CPUs ({results['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Measured {results['date']} on {results['machine']['cpus']} CPUs "
+             f"({results['machine']['processor']}), `{results['command']}`.", "",
+             "| run | connections | req/s | p50 ms | p90 ms | p99 ms | non-2xx | server CPU "
+             "ms/req | peak PSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, run in results["served"].items():
+        for p in run["points"]:
+            lines.append(f"| {label} | {p['connections']} | {p['requests_per_s']:.1f} | "
+                         f"{p.get('p50', '')} | {p.get('p90', '')} | {p.get('p99', '')} | "
+                         f"{p['non_2xx']} | {p['server_cpu_ms_per_request']} | "
+                         f"{p['peak_pss_mib']} |")
+    lines += ["", "| in-process limit | images/s (best) | batch-1 latency ms, 1 thread | "
+              "batch-1 latency ms, all cores |", "|---|---|---|---|"]
+    for model, limit in results["limit"].items():
+        lat = limit["batch1_latency_ms"]
+        one = min(v for k, v in lat.items() if k.startswith("1thread"))
+        cores = min(v for k, v in lat.items() if not k.startswith("1thread"))
+        lines.append(f"| {model} | {limit['best_images_per_s']} | {one} | {cores} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in results["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk point")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--limit-seconds", type=float, default=6.0)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "sample-models")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    import make_sample_models
+
+    make_sample_models.build(args.models_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or
+                    platform.machine(), "python": platform.python_version()},
+        "limit": {}, "served": {},
+    }
+    for model in ("resnet18", "digits"):
+        print(f"limit: {model} in-process ...", flush=True)
+        results["limit"][model] = measure_limit(
+            args.models_dir / f"{model}.model", args.out / "extract",
+            args.models_dir / INPUTS[model][0], args.limit_seconds)
+        print(f"  {results['limit'][model]}", flush=True)
+    cores = str(os.cpu_count() or 1)
+    runs = {
+        "resnet18": ("resnet18", args.connections, "--workers-per-model", cores),
+        "resnet18 batching off": ("resnet18", [1, 32], "--workers-per-model", cores,
+                                  "--max-batch-size", "1"),
+        "digits": ("digits", args.connections, "--workers-per-model", cores),
+        "noop": ("noop", args.connections, "--workers-per-model", "1"),
+    }
+    for label, (model, connections, *extra) in runs.items():
+        print(f"served: {label} ...", flush=True)
+        results["served"][label] = bench_model(model, args.models_dir, connections,
+                                               args.duration, *extra)
+
+    def point(label: str, connections: int) -> dict:
+        return next(p for p in results["served"][label]["points"]
+                    if p["connections"] == connections)
+
+    limit = results["limit"]["resnet18"]
+    one_thread_latency = min(v for k, v in limit["batch1_latency_ms"].items()
+                             if k.startswith("1thread"))
+    all_cores_latency = min(v for k, v in limit["batch1_latency_ms"].items()
+                            if not k.startswith("1thread"))
+    ratios = {}
+    if 32 in args.connections:
+        ratios["resnet18 served / limit throughput, 32 connections"] = round(
+            point("resnet18", 32)["requests_per_s"] / limit["best_images_per_s"], 3)
+        ratios["digits served / limit throughput, 32 connections"] = round(
+            point("digits", 32)["requests_per_s"]
+            / results["limit"]["digits"]["best_images_per_s"], 3)
+        ratios["noop requests/s, 32 connections"] = point("noop", 32)["requests_per_s"]
+        ratios["noop server CPU ms/request, 32 connections"] = point(
+            "noop", 32)["server_cpu_ms_per_request"]
+        ratios["resnet18 batching on / off throughput, 32 connections"] = round(
+            point("resnet18", 32)["requests_per_s"]
+            / point("resnet18 batching off", 32)["requests_per_s"], 3)
+    if 1 in args.connections:
+        p50 = point("resnet18", 1)["p50"]
+        ratios["resnet18 p50 at 1 connection - limit batch-1 latency (1 thread), ms"] = round(
+            p50 - one_thread_latency, 2)
+        ratios["resnet18 p50 at 1 connection - limit batch-1 latency (all cores), ms"] = round(
+            p50 - all_cores_latency, 2)
+        ratios["resnet18 p50 at 1 connection, batching on / off"] = round(
+            p50 / point("resnet18 batching off", 1)["p50"], 3)
+    ratios["resnet18 idle PSS of all server processes, MiB"] = results["served"][
+        "resnet18"]["idle_pss_mib"]
+    results["ratios"] = ratios
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2))
+    report = markdown(results)
+    (args.out / "latest.md").write_text(report)
+    try:
+        plot(results, args.out / "throughput_p99.png")
+    except ImportError:
+        print("(matplotlib not installed: no plot; pip install '.[bench]')")
+    print()
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

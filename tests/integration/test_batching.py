@@ -1,0 +1,48 @@
+"""Dynamic batching through the real stack, observed in each response's Server-Timing."""
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from tests.server_harness import Server
+
+
+def batch_size(response: requests.Response) -> int:
+    return int(re.search(r"batch;desc=(\d+)", response.headers["Server-Timing"]).group(1))
+
+
+def post_concurrently(server: Server, count: int) -> list[requests.Response]:
+    def post(i: int) -> requests.Response:
+        return requests.post(f"{server.url}/noop/predict",
+                             data={"data": f"[[{i}, {i}, {i}, {i}]]"}, timeout=30)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(post, range(count)))
+
+
+def test_a_batch_delay_gathers_concurrent_requests_into_one_forward(sample_models):
+    # 400 ms of patience and room for 6: six concurrent requests leave as one batch.
+    server = Server([f"noop={sample_models['noop']}"], "--batching", "noop=6:400")
+    try:
+        server.wait_ready()
+        responses = post_concurrently(server, 6)
+        assert [r.status_code for r in responses] == [200] * 6
+        for i, response in enumerate(responses):  # each got its own answer back
+            assert response.json()["prediction"] == [[[float(i)] * 4]]
+        assert max(batch_size(r) for r in responses) >= 4
+    finally:
+        assert server.stop() == 0
+
+
+def test_max_batch_size_one_means_no_batching(sample_models):
+    server = Server([f"noop={sample_models['noop']}"], "--max-batch-size", "1",
+                    "--max-batch-delay-ms", "200")
+    try:
+        server.wait_ready()
+        responses = post_concurrently(server, 8)
+        assert [r.status_code for r in responses] == [200] * 8
+        assert {batch_size(r) for r in responses} == {1}
+    finally:
+        assert server.stop() == 0
