@@ -25,7 +25,7 @@ from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, 
 from common.logs import setup_logging
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
-from frontend.decode import Field, Limits, decode_inputs
+from frontend.decode import Field, Limits, decode_inputs, warm_up
 from frontend.openapi import build_spec
 
 log = logging.getLogger("frontend")
@@ -51,6 +51,7 @@ def create_app(config: Config | None = None) -> Flask:
                     max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft)
     wait_s = frontend_wait_s(config)
     request_counter = itertools.count()  # next() on it is atomic under the GIL
+    warm_up()
 
     @app.before_request
     def start_request() -> None:
