@@ -49,6 +49,7 @@ def main() -> None:
                   "--workers-per-model", str(os.cpu_count() or 1))
     try:
         pids = sorted(stack.pids())
+        roles = {pid: role(pid) for pid in pids}  # read while the processes exist
         samples = {pid: [pss_bytes(pid) / MIB] for pid in pids}
         input_file, field, filename = INPUTS[args.model]
         env = dict(os.environ, BENCH_FILE=str(args.models_dir / input_file),
@@ -78,10 +79,10 @@ def main() -> None:
         if not series:
             continue
         growth = series[-1] - series[0]
-        rows.append({"process": role(pid), "pid": pid, "start": round(series[0], 1),
+        rows.append({"process": roles[pid], "pid": pid, "start": round(series[0], 1),
                      "peak": round(max(series), 1), "end": round(series[-1], 1),
                      "growth": round(growth, 1)})
-        print(f"{role(pid):10} {pid:>7} {series[0]:8.1f} {max(series):8.1f} "
+        print(f"{roles[pid]:10} {pid:>7} {series[0]:8.1f} {max(series):8.1f} "
               f"{series[-1]:8.1f} {growth:+8.1f}")
     worst = max(rows, key=lambda r: r["growth"])
     print(f"largest growth: {worst['process']} {worst['growth']:+.1f} MiB "
