@@ -30,7 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import zmq
 
@@ -229,19 +229,23 @@ class Broker:
 
     # -- workers -----------------------------------------------------------------------
 
-    def receive_from_workers(self) -> None:
+    def _drain(self, socket: zmq.Socket, peer: str) -> Iterator[tuple[bytes, Message]]:
+        """Every message waiting on a ROUTER socket, decoded; malformed ones are logged and
+        dropped, never raised."""
         while True:
             try:
-                identity, *frames = self.backend.recv_multipart(zmq.NOBLOCK, copy=False)
+                identity, *frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity = identity.bytes
             try:
                 message = from_frames(frames)
             except MXServeError as exc:
-                log.warning("dropped a malformed message from worker %r: %s", identity,
-                            exc.message)
+                log.warning("dropped a malformed message from a %s: %s", peer, exc.message)
                 continue
+            yield identity.bytes, message
+
+    def receive_from_workers(self) -> None:
+        for identity, message in self._drain(self.backend, "worker"):
             now = time.monotonic()
             worker = self.workers.get(identity)
             if worker is not None:
@@ -338,18 +342,9 @@ class Broker:
     # -- frontends ---------------------------------------------------------------------
 
     def receive_from_frontends(self) -> None:
-        while True:
-            try:
-                identity, *frames = self.frontends.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            identity = identity.bytes
-            try:
-                message = from_frames(frames)
-                if len(message.items) != 1:
-                    raise InvalidInput("a frontend message must carry exactly one item")
-            except MXServeError as exc:
-                log.warning("dropped a malformed message from a frontend: %s", exc.message)
+        for identity, message in self._drain(self.frontends, "frontend"):
+            if len(message.items) != 1:
+                log.warning("dropped a frontend message with %d items", len(message.items))
                 continue
             item = message.items[0]
             if message.kind == Kind.REQUEST:
