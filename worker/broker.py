@@ -380,6 +380,7 @@ class Broker:
                 "signature": archive.signature.to_dict() if archive else None,
                 "ready": len(model.workers),
                 "workers": self.pool.total(name) if archive else 0,
+                "restarts": self.pool.restarts.get(name, 0),
                 "devices": sorted({self.workers[w].device for w in model.workers}),
                 "threads_per_worker": next((s.threads for s in self.pool.specs
                                             if s.model == name), 0),

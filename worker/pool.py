@@ -176,9 +176,6 @@ class WorkerPool:
             if worker.process is not None and worker.process.pid == pid:
                 worker.process.kill()
 
-    def alive(self, model: str) -> int:
-        return sum(1 for w in self.workers if w.spec.model == model and w.process is not None)
-
     def total(self, model: str) -> int:
         return sum(1 for w in self.workers if w.spec.model == model)
 

@@ -13,6 +13,7 @@ import sklearn
 
 from common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
 from common.proctree import alive, cmdline, descendants
+from frontend.broker_client import BrokerClient
 from tests.server_harness import ROOT, Server
 
 PHOTO = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "china.jpg")
@@ -133,5 +134,10 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
         [replacement] = descendants(broker)
         assert replacement != worker
         assert "exited with -9; restarting" in server.log_text()
+        run_dir = next(line for line in open(f"/proc/{broker}/environ", "rb").read().split(b"\0")
+                       if line.startswith(b"MXSERVE_RUN_DIR=")).split(b"=", 1)[1].decode()
+        catalog = BrokerClient(f"ipc://{run_dir}/frontends.sock").catalog(5.0)
+        assert catalog["models"]["digits"]["restarts"] == 1
+        assert catalog["models"]["digits"]["ready"] == 1
     finally:
         assert server.stop() == 0
