@@ -6,7 +6,11 @@ MODELS ?= sample-models
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install models test unit lint serve bench clean
+.PHONY: install models test unit lint serve bench example clean
+
+# The embedding example (docs/embedding.md): ServingFrontend with a custom service + endpoint.
+example: models
+	$(PY) examples/embed_digits.py --port 8090
 
 # The benchmark suite (about 6 minutes; run it alone): figures for the README.
 bench: models
@@ -39,7 +43,7 @@ unit: install
 	$(PY) -m pytest -q tests/unit
 
 lint: install
-	$(VENV)/bin/ruff check common frontend worker tests scripts
+	$(VENV)/bin/ruff check common frontend worker tests scripts benchmarks examples
 	$(VENV)/bin/mypy common
 
 clean:

@@ -102,6 +102,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_json_depth", int, 32, "deepest nesting of a JSON tensor", _positive),
     Setting("service", str, "", "MMS 0.4's --service: a custom service file used for every "
             "model instead of the archive's"),
+    Setting("services", list, [], "per-model service overrides, as name=file.py[:ClassName] "
+            "(what ServingFrontend.load_models passes)"),
     Setting("run_dir", str, "", "folder for ipc sockets and extracted archives (default: a "
             "new folder under $TMPDIR)"),
     Setting("broker_frontend", str, "", "broker endpoint for frontends (default: ipc in "
@@ -188,6 +190,7 @@ def validate(config: Config) -> None:
     for entry in config.models:
         parse_model_spec(entry)
     parse_batching(config.batching)
+    parse_services(config.services)
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,23 @@ def parse_batching(entries: list[str]) -> dict[str, Batching]:
             raise ConfigError(f"batching {entry!r}: expected name=size[:delay_ms], size >= 1")
         result[name] = batching
     return result
+
+
+def parse_services(entries: list[str]) -> dict[str, tuple[str, str]]:
+    """'name=file.py[:ClassName]' entries -> {name: (file, class name or "")}."""
+    result = {}
+    for entry in entries:
+        name, _, spec = entry.partition("=")
+        path, _, class_name = spec.partition(":")
+        if not name or not path.endswith(".py"):
+            raise ConfigError(f"services {entry!r}: expected name=file.py[:ClassName]")
+        result[name] = (path, class_name)
+    return result
+
+
+def service_for(config: Config, model: str) -> tuple[str, str]:
+    """(service file, class name) for a model: its override, else --service, else none."""
+    return parse_services(config.services).get(model, (config.service, ""))
 
 
 def batching_for(config: Config, model: str) -> Batching:

@@ -9,11 +9,14 @@ log with the request id, never to the client. Each response carries X-Request-Id
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
+import re
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -37,9 +40,24 @@ HTTP_ERRORS: dict[int, type[MXServeError]] = {
     415: UnsupportedMediaType}
 
 
-def create_app(config: Config | None = None) -> Flask:
+@dataclass(frozen=True)
+class CustomEndpoint:
+    """A route added through ServingFrontend.add_endpoint: one OpenAPI path and method."""
+
+    path: str  # OpenAPI form, e.g. /digits/labels or /items/{item_id}
+    method: str  # lower case
+    operation: dict[str, Any]  # the OpenAPI operation object, with its operationId
+    view: Callable[..., Any]
+
+    @property
+    def rule(self) -> str:
+        return re.sub(r"\{(\w+)\}", r"<\1>", self.path)  # /items/{id} -> /items/<id>
+
+
+def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint] = (),
+               process_name: str = "frontend") -> Flask:
     config = config or load_config()
-    setup_logging(config.log_level, config.log_file, "frontend")
+    setup_logging(config.log_level, config.log_file, process_name)
     app = Flask("mxserve")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_form_parts
@@ -114,9 +132,15 @@ def create_app(config: Config | None = None) -> Flask:
     app.add_url_rule("/ping", "ping", health)
     app.add_url_rule("/", "root", health)
 
+    extra_paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        app.add_url_rule(endpoint.rule, endpoint.operation["operationId"],
+                         _json_view(endpoint.view), methods=[endpoint.method.upper()])
+        extra_paths.setdefault(endpoint.path, {})[endpoint.method] = endpoint.operation
+
     @app.get("/api-description")
     def api_description() -> Any:
-        return jsonify(description=build_spec(catalog.signatures(), request.host))
+        return jsonify(description=build_spec(catalog.signatures(), request.host, extra_paths))
 
     @app.errorhandler(MXServeError)
     def on_our_error(error: MXServeError) -> tuple[Response, int]:
@@ -134,6 +158,16 @@ def create_app(config: Config | None = None) -> Flask:
                                                   f"request {g.get('request_id')}"))
 
     return app
+
+
+def _json_view(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A custom endpoint's return value: dicts and lists become JSON, the rest is Flask's."""
+    @functools.wraps(view)
+    def wrapped(**path_params: Any) -> Any:
+        result = view(**path_params)
+        return jsonify(result) if isinstance(result, (dict, list)) else result
+
+    return wrapped
 
 
 def error_response(error: MXServeError) -> tuple[Response, int]:

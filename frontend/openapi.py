@@ -24,7 +24,9 @@ PREDICT_ERRORS = {400: "Invalid input", 404: "Unknown model", 413: "Input too la
                   504: "The deadline passed"}
 
 
-def build_spec(signatures: Mapping[str, Signature], host: str) -> dict[str, Any]:
+def build_spec(signatures: Mapping[str, Signature], host: str,
+               extra_paths: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The whole document; `extra_paths` are custom endpoints (ServingFrontend.add_endpoint)."""
     paths: dict[str, Any] = {
         "/": {"get": _get("root", HEALTH, "Health, as /ping")},
         "/ping": {"get": _get("ping", HEALTH, "Health: 200 when every model has a ready "
@@ -35,6 +37,8 @@ def build_spec(signatures: Mapping[str, Signature], host: str) -> dict[str, Any]
     }
     for name in sorted(signatures):
         paths[f"/{name}/predict"] = {"post": _predict(name, signatures[name])}
+    for path, operations in (extra_paths or {}).items():
+        paths.setdefault(path, {}).update(operations)
     spec: dict[str, Any] = {
         "swagger": "2.0",
         "info": {"title": "Model Serving Apis", "version": "1.0.0"},

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import zmq
 
 from common.archive import ModelArchive, load_archive
-from common.config import Config, batching_for, load_config, parse_model_spec
+from common.config import Config, batching_for, load_config, parse_model_spec, service_for
 from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
                            InvalidInput, ModelNotFound, MXServeError, ServiceUnavailable)
 from common.logs import setup_logging
@@ -104,7 +104,8 @@ class Broker:
                              config.gpu, config.workers_per_model, config.threads_per_worker)
         self.pool = WorkerPool(specs, archives, worker_endpoint,
                                {n: m.max_batch_size for n, m in self.models.items()},
-                               config.heartbeat_interval_s, config.log_level, config.service)
+                               config.heartbeat_interval_s, config.log_level,
+                               {n: service_for(config, n) for n in self.models})
         self.context = zmq.Context()
         self.frontends = self._bind(frontend_endpoint)
         self.backend = self._bind(worker_endpoint)

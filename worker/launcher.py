@@ -81,8 +81,65 @@ def main(argv: list[str] | None = None) -> int:
     return Launcher(config).run()
 
 
+class ForkedGunicorn:
+    """gunicorn's arbiter in a forked child, serving an app object built in this process.
+
+    For embedding (ServingFrontend): routes whose callbacks live in the user's program
+    cannot be imported by a fresh `python -m gunicorn`; forked, every gunicorn worker has
+    them. Offers the part of subprocess.Popen's interface the Launcher uses.
+    """
+
+    def __init__(self, app: Any, options: dict[str, Any]) -> None:
+        import multiprocessing
+
+        self._process = multiprocessing.get_context("fork").Process(
+            target=_run_gunicorn, args=(app, options), name="gunicorn", daemon=False)
+        self._process.start()
+        self.pid = self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired("gunicorn", timeout or 0)
+        return self._process.exitcode
+
+    def kill(self) -> None:
+        self._process.kill()
+
+
+def _run_gunicorn(app: Any, options: dict[str, Any]) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from worker.pool import _child_setup
+
+    _child_setup()
+
+    class EmbeddedApplication(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    EmbeddedApplication().run()
+
+
 class Launcher:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, app: Any = None) -> None:
+        """`app`: a Flask app to serve in a forked gunicorn (embedding); by default gunicorn
+        runs as `python -m gunicorn 'frontend.app:create_app()'`."""
+        self.app = app
         self.owns_run_dir = not config.run_dir
         run_dir = config.run_dir or tempfile.mkdtemp(prefix="mxserve-")
         frontend, workers = endpoints(config, Path(run_dir))
@@ -90,7 +147,7 @@ class Launcher:
                                      broker_workers=workers)
         self.stop_requested = False
         self.broker: subprocess.Popen | None = None
-        self.gunicorn: subprocess.Popen | None = None
+        self.gunicorn: subprocess.Popen | ForkedGunicorn | None = None
 
     @property
     def url(self) -> str:
@@ -107,7 +164,10 @@ class Launcher:
         env.pop("MXSERVE_CONFIG", None)  # children get the merged result, not the file again
         try:
             self.broker = spawn([sys.executable, "-m", "worker.broker"], env)
-            self.gunicorn = spawn(self._gunicorn_argv(), env)
+            if self.app is None:
+                self.gunicorn = spawn(self._gunicorn_argv(), env)
+            else:
+                self.gunicorn = ForkedGunicorn(self.app, self._gunicorn_options())
             code = self._wait_until_ready()
             if code is None:
                 code = self._serve()
@@ -127,6 +187,15 @@ class Launcher:
                 "--error-logfile", c.log_file or "-", "--log-level", c.log_level.lower(),
                 "--control-socket", os.path.join(c.run_dir, "gunicorn.ctl"),
                 "frontend.app:create_app()"]
+
+    def _gunicorn_options(self) -> dict[str, Any]:
+        c = self.config
+        return {"bind": f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}",
+                "worker_class": "gthread", "workers": c.frontend_workers,
+                "threads": c.frontend_threads, "timeout": int(c.gunicorn_timeout_s),
+                "graceful_timeout": int(c.drain_timeout_s), "keepalive": 5,
+                "errorlog": c.log_file or "-", "loglevel": c.log_level.lower(),
+                "control_socket": os.path.join(c.run_dir, "gunicorn.ctl")}
 
     def _children_alive(self) -> int | None:
         """None while both children run; else an exit code for us."""

@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--extract-dir", default=None, help="where zip archives are unpacked")
     parser.add_argument("--service-file", default=None,
                         help="custom service .py used instead of the archive's (MMS 0.4 --service)")
+    parser.add_argument("--service-class", default=None,
+                        help="which ModelService class of the service file to use")
     parser.add_argument("--worker-id", default=None, help="identity shown in the broker's logs")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--heartbeat-liveness", type=int, default=3,
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
         archive = load_archive(args.archive, args.extract_dir, name=args.model_name)
         service = load_service(archive, gpu=args.gpu, max_batch_size=args.max_batch_size,
-                               service_file=args.service_file)
+                               service_file=args.service_file,
+                               service_class=args.service_class)
     except MXServeError as exc:
         log.error("cannot load model from %s: %s", args.archive, exc.message)
         return EXIT_MODEL_LOAD

@@ -105,7 +105,7 @@ class ManagedWorker:
 class WorkerPool:
     def __init__(self, specs: list[WorkerSpec], archives: dict[str, Path], broker_endpoint: str,
                  max_batch_size: dict[str, int], heartbeat_interval_s: float, log_level: str,
-                 service_file: str = "") -> None:
+                 services: dict[str, tuple[str, str]] | None = None) -> None:
         self.specs = specs
         self.workers = [ManagedWorker(spec) for spec in specs]
         self.archives = archives
@@ -113,7 +113,7 @@ class WorkerPool:
         self.max_batch_size = max_batch_size
         self.heartbeat_interval_s = heartbeat_interval_s
         self.log_level = log_level
-        self.service_file = service_file
+        self.services = services or {}  # model -> (service file, class name)
         self.failed: dict[str, str] = {}  # model -> why it cannot load
         self.restarts: dict[str, int] = {}
 
@@ -134,8 +134,11 @@ class WorkerPool:
                 "--log-level", self.log_level]
         if spec.gpu is not None:
             argv += ["--gpu", "0"]  # pinned by CUDA_VISIBLE_DEVICES: always device 0 inside
-        if self.service_file:
-            argv += ["--service-file", self.service_file]
+        service_file, class_name = self.services.get(spec.model, ("", ""))
+        if service_file:
+            argv += ["--service-file", service_file]
+        if class_name:
+            argv += ["--service-class", class_name]
         env = {**os.environ, **spec.env}
         worker.process = spawn(argv, env)
         worker.started_at = now

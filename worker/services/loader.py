@@ -31,9 +31,10 @@ STOCK_SERVICES: dict[str, type[ModelService]] = {
 }
 
 
-def service_class_for(archive: ModelArchive, service_file: str | None = None
-                      ) -> type[ModelService]:
-    """The archive's service class; `service_file` (0.4's --service) overrides the manifest."""
+def service_class_for(archive: ModelArchive, service_file: str | None = None,
+                      class_name: str | None = None) -> type[ModelService]:
+    """The archive's service class; `service_file` (0.4's --service) overrides the manifest,
+    `class_name` picks one of the file's classes (else the file must have exactly one)."""
     path = Path(service_file) if service_file else archive.service_path
     file_name = path.name
     if not service_file and file_name in STOCK_SERVICES:
@@ -42,6 +43,12 @@ def service_class_for(archive: ModelArchive, service_file: str | None = None
         raise ArchiveError(f"service file {file_name!r} not found")
     if path.suffix != ".py":
         raise ArchiveError(f"service file {file_name!r} must be a Python (.py) file")
+    if class_name:
+        module = import_file(path)
+        cls = getattr(module, class_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, ModelService)):
+            raise ArchiveError(f"{file_name} has no ModelService class named {class_name!r}")
+        return cls
     classes = service_classes_in(path)
     if not classes:
         raise ArchiveError(f"{file_name} defines no ModelService subclass (a custom service "
@@ -78,9 +85,10 @@ def import_file(path: Path) -> ModuleType:
 
 
 def load_service(archive: ModelArchive, gpu: int | None = None, max_batch_size: int = 1,
-                 service_file: str | None = None) -> ModelService:
+                 service_file: str | None = None, service_class: str | None = None
+                 ) -> ModelService:
     """Construct the archive's service the 0.4 way and bind it for `max_batch_size`."""
-    cls = service_class_for(archive, service_file)
+    cls = service_class_for(archive, service_file, service_class)
     log.info("model %s: service %s from %s", archive.name, cls.__name__,
              archive.manifest.service_file)
     try:

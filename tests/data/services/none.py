@@ -1,0 +1,5 @@
+"""A module with no ModelService class at all."""
+
+
+class Helper:
+    pass
