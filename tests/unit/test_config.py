@@ -66,3 +66,14 @@ def test_per_model_batching_overrides():
     for bad in (["x"], ["x=0"], ["x=4:-1"], ["=4"], ["x=four"]):
         with pytest.raises(ConfigError, match="batching"):
             load_config({"batching": bad}, env={})
+
+
+def test_per_model_service_overrides():
+    from common.config import service_for
+
+    config = load_config({"services": ["digits=/srv/digit_service.py:DigitService"],
+                          "service": "/srv/all.py"}, env={})
+    assert service_for(config, "digits") == ("/srv/digit_service.py", "DigitService")
+    assert service_for(config, "other") == ("/srv/all.py", "")
+    with pytest.raises(ConfigError, match="services"):
+        load_config({"services": ["digits=service.txt"]}, env={})
