@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -21,6 +22,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float,
+                 output: Callable[[], str]) -> None:
+    """Poll GET /ping until 200; fail at once, with the process's output, if it exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n"
+                               + output()[-3000:])
+        try:
+            if requests.get(url + "/ping", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("server not ready:\n" + output()[-3000:])
 
 
 class Server:
@@ -36,18 +54,8 @@ class Server:
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 180.0) -> Server:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mxserve start exited with {self.process.returncode}:\n"
-                                   + self.log_text()[-3000:])
-            try:
-                if requests.get(self.url + "/ping", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("server not ready:\n" + self.log_text()[-3000:])
+        wait_healthy(self.url, self.process, timeout_s, self.log_text)
+        return self
 
     def log_text(self) -> str:
         self.log.flush()

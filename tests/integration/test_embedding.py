@@ -12,7 +12,7 @@ import requests
 from openapi_spec_validator import validate
 
 from common.proctree import alive, cmdline, descendants
-from tests.server_harness import ROOT, free_port
+from tests.server_harness import ROOT, free_port, wait_healthy
 
 
 def test_example_serves_its_endpoint_on_every_frontend_process_and_predicts(sample_models):
@@ -24,14 +24,7 @@ def test_example_serves_its_endpoint_on_every_frontend_process_and_predicts(samp
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read().decode()[-3000:]
-            try:
-                if requests.get(url + "/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.3)
+        wait_healthy(url, process, 120, lambda: process.stdout.read().decode())
         # gunicorn's arbiter is a fork of the example (same command line); its children are
         # the gunicorn workers.
         tree = descendants(process.pid)

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.server_harness import ROOT as THIS_ROOT
-from tests.server_harness import descendants, free_port
+from tests.server_harness import descendants, free_port, wait_healthy
 
 ROOT = Path(os.environ.get("MXSERVE_README_ROOT", THIS_ROOT))
 
@@ -50,14 +49,8 @@ def test_readme_serve_command_answers_the_readme_examples():
                                stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 900  # a fresh clone installs everything first
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read().decode()[-3000:]
-            try:
-                if requests.get(url + "/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
+        # A fresh clone installs everything first: allow it 15 minutes.
+        wait_healthy(url, process, 900, lambda: process.stdout.read().decode())
         examples = readme_examples()
         assert len(examples) >= 5
         for command, shown in examples:
