@@ -22,6 +22,9 @@ from common.errors import DeadlineExceeded, MXServeError, ServiceUnavailable, er
 from common.protocol import Item, Kind, Message, from_frames, to_frames
 
 
+CONNECT_WAIT_MS = 250  # ipc connects in well under a millisecond; tcp on a LAN in a few
+
+
 class BrokerClient:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -42,7 +45,16 @@ class BrokerClient:
             assert self._context is not None
             socket = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
+            # Queue only on a live connection: with the broker gone, a send fails at once
+            # (503) instead of waiting in ZeroMQ's queue for a broker that may never read it.
+            socket.setsockopt(zmq.IMMEDIATE, 1)
             socket.connect(self.endpoint)
+            # A new socket's connection takes a moment (a dead broker never connects): wait
+            # for it once here, not on every call.
+            if not socket.poll(CONNECT_WAIT_MS, zmq.POLLOUT):
+                socket.close(0)
+                raise ServiceUnavailable("the model server's broker is not reachable "
+                                         "(restarting?)")
             self._local.socket = socket
         return socket
 
@@ -57,7 +69,8 @@ class BrokerClient:
         """Send one item, return the broker's reply message for it."""
         socket = self._socket()
         try:
-            socket.send_multipart(to_frames(Message(kind, fields, [item])), copy=False)
+            socket.send_multipart(to_frames(Message(kind, fields, [item])), copy=False,
+                                  flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             self._reset_socket()
             raise ServiceUnavailable(f"the broker is unreachable: {exc}") from exc

@@ -12,7 +12,10 @@ Lifecycle:
      process tree, and get SIGTERM if we die.
   4. Poll GET /ping until every model is ready (or has failed to load), then print where we
      listen. Stay in the foreground; if the broker or gunicorn dies, stop everything.
-  5. On SIGINT/SIGTERM: SIGTERM gunicorn first (it stops accepting and lets in-flight HTTP
+  5. A broker that crashes is restarted (backoff from 0.2 s, doubling to 10 s); frontends
+     reconnect to the same ipc endpoint by themselves. A broker exiting 2 or 3, or a dead
+     gunicorn, stops everything.
+  6. On SIGINT/SIGTERM: SIGTERM gunicorn first (it stops accepting and lets in-flight HTTP
      requests finish within drain_timeout_s, the broker still serving them), then the
      broker (which drains and stops its workers); SIGKILL whatever outlives its bound.
 """
@@ -43,6 +46,9 @@ log = logging.getLogger("mxserve")
 
 STARTUP_TIMEOUT_S = 600.0  # resnet-152 on a slow disk loads in well under this
 STOP_MARGIN_S = 5.0
+BROKER_BACKOFF_START_S = 0.2
+BROKER_BACKOFF_MAX_S = 10.0
+BROKER_STABLE_S = 60.0  # a broker up this long has its restart backoff reset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +168,7 @@ class Launcher:
         signal.signal(signal.SIGINT, on_signal)
         env = {**os.environ, **self.config.to_env()}
         env.pop("MXSERVE_CONFIG", None)  # children get the merged result, not the file again
+        self.child_env = env
         try:
             self.broker = spawn([sys.executable, "-m", "worker.broker"], env)
             if self.app is None:
@@ -258,7 +265,25 @@ class Launcher:
             return 0, None
 
     def _serve(self) -> int:
+        """Watch the children until asked to stop. A broker that crashes is restarted with
+        backoff (frontends reconnect by themselves; the new broker starts new workers); one
+        that exits with "bad config" or "model cannot load", or a dead gunicorn, ends it."""
+        backoff_s = BROKER_BACKOFF_START_S
+        stable_since = time.monotonic()
         while not self.stop_requested:
+            broker = self.broker
+            if broker is not None and broker.poll() is not None and broker.returncode not in (
+                    EXIT_BAD_CONFIG, EXIT_MODEL_LOAD):
+                log.error("broker exited with code %s; restarting it in %.1fs",
+                          broker.returncode, backoff_s)
+                if self._sleep_unless_stopped(backoff_s):
+                    break
+                stable_since = time.monotonic()
+                self.broker = spawn([sys.executable, "-m", "worker.broker"], self.child_env)
+                backoff_s = min(backoff_s * 2, BROKER_BACKOFF_MAX_S)
+                continue
+            if time.monotonic() - stable_since > BROKER_STABLE_S:
+                backoff_s = BROKER_BACKOFF_START_S
             code = self._children_alive()
             if code is not None:
                 return code
@@ -266,6 +291,13 @@ class Launcher:
         log.info("stopping: draining in-flight requests (up to %.0fs)",
                  self.config.drain_timeout_s)
         return EXIT_OK
+
+    def _sleep_unless_stopped(self, seconds: float) -> bool:
+        """Sleep; True if a stop was requested meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < deadline:
+            time.sleep(min(0.1, deadline - time.monotonic()))
+        return self.stop_requested
 
     def _stop(self) -> None:
         bound = self.config.drain_timeout_s + STOP_MARGIN_S

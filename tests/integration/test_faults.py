@@ -44,3 +44,38 @@ def test_sigkill_of_a_busy_worker_loses_no_request(sample_models):
         assert f"(pid {workers[0]}) exited with -9; restarting" in log
     finally:
         assert server.stop() == 0
+
+
+def test_a_killed_broker_is_restarted_and_service_returns_within_10_s(sample_models):
+    server = Server([f"digits={sample_models['digits']}"])
+    try:
+        server.wait_ready()
+        image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
+        broker = next(pid for pid in descendants(server.process.pid)
+                      if "worker.broker" in cmdline(pid))
+        os.kill(broker, signal.SIGKILL)
+        killed = time.monotonic()
+        slowest_failure = 0.0
+        while True:
+            started = time.monotonic()
+            response = requests.post(f"{server.url}/digits/predict", files={"data": image},
+                                     timeout=60)
+            if response.status_code == 200:
+                break
+            # While it is down: a clear, fast 503 (or 504 at worst), never a hang or a 500.
+            assert response.status_code in (503, 504), response.text
+            assert response.json()["type"] in ("ServiceUnavailable", "DeadlineExceeded")
+            slowest_failure = max(slowest_failure, time.monotonic() - started)
+            assert time.monotonic() - killed < 10, "no full service 10 s after the kill"
+            time.sleep(0.1)
+        recovered_s = time.monotonic() - killed
+        assert response.json()["prediction"][0][0]["class"] == "0"
+        assert slowest_failure < 2.0
+        new_broker = [pid for pid in descendants(server.process.pid)
+                      if "worker.broker" in cmdline(pid)]
+        assert new_broker and new_broker[0] != broker
+        assert "broker exited with code -9; restarting it" in server.log_text()
+        print(f"service back {recovered_s:.1f}s after the broker was killed; slowest failed "
+              f"request {slowest_failure * 1000:.0f} ms")
+    finally:
+        assert server.stop() == 0
