@@ -23,6 +23,7 @@ from common.protocol import Item, Kind, Message, from_frames, to_frames
 
 
 CONNECT_WAIT_MS = 250  # ipc connects in well under a millisecond; tcp on a LAN in a few
+LIVENESS_CHECK_S = 0.1  # while waiting for a reply, look at the connection this often
 
 
 class BrokerClient:
@@ -77,10 +78,19 @@ class BrokerClient:
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not socket.poll(remaining * 1000):
+            if remaining <= 0:
                 # The socket may hold a late reply; a fresh one starts clean.
                 self._reset_socket()
                 raise DeadlineExceeded("no answer from the model server in time")
+            if not socket.poll(min(remaining, LIVENESS_CHECK_S) * 1000):
+                # With IMMEDIATE, no writable pipe means the broker connection dropped: a
+                # broker that died took this request with it, so say so now, not at the
+                # deadline. (A restarted broker takes longer than one slice to come up.)
+                if not socket.poll(0, zmq.POLLOUT):
+                    self._reset_socket()
+                    raise ServiceUnavailable("the model server's broker went away while "
+                                             "handling this request; retry")
+                continue
             try:
                 reply = from_frames(socket.recv_multipart(copy=False))
             except MXServeError:

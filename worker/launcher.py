@@ -204,9 +204,11 @@ class Launcher:
                 "errorlog": c.log_file or "-", "loglevel": c.log_level.lower(),
                 "control_socket": os.path.join(c.run_dir, "gunicorn.ctl")}
 
-    def _children_alive(self) -> int | None:
-        """None while both children run; else an exit code for us."""
-        for name, child in (("broker", self.broker), ("gunicorn", self.gunicorn)):
+    def _children_alive(self, watch_broker: bool = True) -> int | None:
+        """None while the children run; else an exit code for us. `watch_broker=False`
+        when the caller restarts a crashed broker itself."""
+        children = [("broker", self.broker)] if watch_broker else []
+        for name, child in [*children, ("gunicorn", self.gunicorn)]:
             if child is not None and child.poll() is not None:
                 log.error("%s exited with code %s", name, child.returncode)
                 ours = child is self.broker and child.returncode in (EXIT_BAD_CONFIG,
@@ -272,8 +274,10 @@ class Launcher:
         stable_since = time.monotonic()
         while not self.stop_requested:
             broker = self.broker
-            if broker is not None and broker.poll() is not None and broker.returncode not in (
-                    EXIT_BAD_CONFIG, EXIT_MODEL_LOAD):
+            if broker is not None and broker.poll() in (EXIT_BAD_CONFIG, EXIT_MODEL_LOAD):
+                log.error("broker exited with code %s", broker.returncode)
+                return broker.returncode
+            if broker is not None and broker.returncode is not None:
                 log.error("broker exited with code %s; restarting it in %.1fs",
                           broker.returncode, backoff_s)
                 if self._sleep_unless_stopped(backoff_s):
@@ -284,7 +288,7 @@ class Launcher:
                 continue
             if time.monotonic() - stable_since > BROKER_STABLE_S:
                 backoff_s = BROKER_BACKOFF_START_S
-            code = self._children_alive()
+            code = self._children_alive(watch_broker=False)
             if code is not None:
                 return code
             time.sleep(0.2)  # signals interrupt the sleep; children are checked 5x a second
