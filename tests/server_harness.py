@@ -13,7 +13,7 @@ from typing import Callable
 
 import requests
 
-from common.proctree import alive, descendants  # noqa: F401 (re-exported for tests)
+from common.proctree import alive, cmdline, descendants  # noqa: F401 (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +56,11 @@ class Server:
     def wait_ready(self, timeout_s: float = 180.0) -> Server:
         wait_healthy(self.url, self.process, timeout_s, self.log_text)
         return self
+
+    def processes(self, marker: str) -> list[int]:
+        """Live processes under this server whose command line contains `marker`
+        (e.g. "worker.broker", "-m worker --archive")."""
+        return sorted(pid for pid in descendants(self.process.pid) if marker in cmdline(pid))
 
     def log_text(self) -> str:
         self.log.flush()

@@ -224,9 +224,9 @@ class Launcher:
                 return code
             status, body = self._ping()
             if status == 200:
-                log.info("mxserve: serving %s on %s", ", ".join(self._model_names()), self.url)
-                print(f"mxserve listening on {self.url} (models: "
-                      f"{', '.join(self._model_names())})", flush=True)
+                names = ", ".join(self._model_names())
+                log.info("serving %s on %s", names, self.url)
+                print(f"mxserve listening on {self.url} (models: {names})", flush=True)
                 return None
             statuses = body.get("models", {}) if isinstance(body, dict) else {}
             if statuses and "loading" not in statuses.values():

@@ -31,6 +31,7 @@ from typing import Any
 from common.logs import setup_logging
 from common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
 from common.protocol import Kind, Message, from_frames, to_frames
+from worker.batch import run_batch  # numpy only: safe before OMP_NUM_THREADS is set
 
 log = logging.getLogger("worker")
 
@@ -182,8 +183,6 @@ class Worker:
                 self.stopping = True
 
     def _serve(self, message: Message) -> None:
-        from worker.batch import run_batch
-
         received = time.monotonic()
         deadlines = [received + float(item.fields.get("budget_ms", 1e9)) / 1000.0
                      for item in message.items]

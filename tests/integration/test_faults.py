@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from common.proctree import cmdline, descendants
 from tests.server_harness import Server
 
 
@@ -32,8 +31,7 @@ def test_sigkill_of_a_busy_worker_loses_no_request(sample_models):
             for _ in range(16):
                 pool.submit(client)
             time.sleep(3)  # both workers busy with full batches
-            workers = [pid for pid in descendants(server.process.pid)
-                       if "-m worker --archive" in cmdline(pid)]
+            workers = server.processes("-m worker --archive")
             assert len(workers) == 2
             os.kill(workers[0], signal.SIGKILL)
             time.sleep(4)
@@ -51,8 +49,7 @@ def test_a_killed_broker_is_restarted_and_service_returns_within_10_s(sample_mod
     try:
         server.wait_ready()
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
-        broker = next(pid for pid in descendants(server.process.pid)
-                      if "worker.broker" in cmdline(pid))
+        [broker] = server.processes("worker.broker")
         os.kill(broker, signal.SIGKILL)
         killed = time.monotonic()
         slowest_failure = 0.0
@@ -71,8 +68,7 @@ def test_a_killed_broker_is_restarted_and_service_returns_within_10_s(sample_mod
         recovered_s = time.monotonic() - killed
         assert response.json()["prediction"][0][0]["class"] == "0"
         assert slowest_failure < 2.0
-        new_broker = [pid for pid in descendants(server.process.pid)
-                      if "worker.broker" in cmdline(pid)]
+        new_broker = server.processes("worker.broker")
         assert new_broker and new_broker[0] != broker
         assert "broker exited with code -9; restarting it" in server.log_text()
         print(f"service back {recovered_s:.1f}s after the broker was killed; slowest failed "

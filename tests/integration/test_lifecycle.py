@@ -12,7 +12,7 @@ import requests
 import sklearn
 
 from common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
-from common.proctree import alive, cmdline, descendants
+from common.proctree import alive, descendants
 from frontend.broker_client import BrokerClient
 from tests.server_harness import ROOT, Server
 
@@ -116,8 +116,7 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
     server = Server([f"digits={sample_models['digits']}"])
     try:
         server.wait_ready()
-        broker = next(pid for pid in descendants(server.process.pid)
-                      if "worker.broker" in cmdline(pid))
+        [broker] = server.processes("worker.broker")
         [worker] = descendants(broker)
         os.kill(worker, signal.SIGKILL)
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
