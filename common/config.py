@@ -93,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
             _positive),
     Setting("drain_timeout_s", float, 20.0, "on SIGTERM, how long in-flight requests may "
             "finish", _non_negative),
+    Setting("model_load_timeout_s", float, 300.0, "a worker not READY this long after it "
+            "started is killed; the model is marked failed if none of its workers is ready",
+            _positive),
     Setting("heartbeat_interval_s", float, 1.0, "broker <-> worker heartbeat period",
             _positive),
     Setting("max_body_bytes", int, int(6.25 * MIB), "largest request body", _positive),

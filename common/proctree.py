@@ -25,6 +25,12 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
+def parent(pid: int) -> int:
+    """The parent's pid (0 when `pid` is gone)."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields is not None else 0
+
+
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid`."""
     children: dict[int, list[int]] = {}

@@ -42,10 +42,11 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float,
 
 
 class Server:
-    def __init__(self, models: list[str], *extra: str, frontend_workers: int = 2) -> None:
+    def __init__(self, models: list[str], *extra: str, frontend_workers: int = 2,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mxserve-test-{self.port}.log"
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
@@ -61,6 +62,15 @@ class Server:
         """Live processes under this server whose command line contains `marker`
         (e.g. "worker.broker", "-m worker --archive")."""
         return sorted(pid for pid in descendants(self.process.pid) if marker in cmdline(pid))
+
+    def catalog(self, timeout_s: float = 5.0) -> dict:
+        """The broker's catalog (workers ready, restarts, errors), asked over its own socket."""
+        from frontend.broker_client import BrokerClient
+
+        [broker] = self.processes("worker.broker")
+        environ = open(f"/proc/{broker}/environ", "rb").read().split(b"\0")
+        run_dir = next(v for v in environ if v.startswith(b"MXSERVE_RUN_DIR=")).split(b"=", 1)[1]
+        return BrokerClient(f"ipc://{run_dir.decode()}/frontends.sock").catalog(timeout_s)
 
     def log_text(self) -> str:
         self.log.flush()

@@ -181,6 +181,7 @@ class Broker:
                     self.reap_children(now)
                     self.expire(now)
                     self.purge_silent_workers(now)
+                    self.kill_stuck_loads(now)
                     self.heartbeat(now)
                     if not self.draining:
                         self.pool.start_due(now)
@@ -257,6 +258,8 @@ class Broker:
                 self._on_reply(worker, message, now)
             elif message.kind == Kind.DISCONNECT and worker is not None:
                 self._remove_worker(worker, "it disconnected")
+            elif message.kind == Kind.DISCONNECT and "load_error" in message.fields:
+                self._on_load_error(message)
             elif worker is None and message.kind != Kind.DISCONNECT:
                 # A worker we forgot (we restarted, or it was presumed dead): ask it to
                 # re-register instead of guessing its state.
@@ -279,10 +282,23 @@ class Broker:
                              max_batch_size=int(message.fields.get("max_batch_size", 1)),
                              last_seen=now)
         self.workers[identity] = worker
+        self.pool.mark_ready(worker.pid)
         model.workers.add(identity)
         model.idle.append(identity)
         log.info("worker %s ready for %s on %s (pid %d)", identity.decode(errors="replace"),
                  name, worker.device, worker.pid)
+
+    def _on_load_error(self, message: Message) -> None:
+        """A worker about to exit 3 says why its model cannot load: that is the model's
+        error in the catalog (instead of "see the worker log")."""
+        name = str(message.fields.get("model", ""))
+        model = self.models.get(name)
+        if model is None or model.workers:
+            return
+        reason = str(message.fields["load_error"])[:500]
+        self.pool.failed[name] = reason
+        if model.error:  # the exit was reaped first
+            model.error = reason
 
     def _on_reply(self, worker: WorkerState, message: Message, now: float) -> None:
         inference_ms = message.fields.get("inference_ms", 0.0)
@@ -330,6 +346,19 @@ class Broker:
             elif not self.models[managed.spec.model].workers:
                 self._fail_queue(self.models[managed.spec.model],
                                  ServiceUnavailable("no worker is ready for this model"))
+
+    def kill_stuck_loads(self, now: float) -> None:
+        """A worker still not READY after model_load_timeout_s is killed. If its model has
+        no ready worker, the model is failed (a load that hung once hangs again) instead of
+        restart-looping; otherwise it is restarted like any crashed worker."""
+        timeout_s = self.config.model_load_timeout_s
+        for managed in self.pool.overdue(now, timeout_s):
+            name = managed.spec.model
+            if not self.models[name].workers:
+                self.pool.failed[name] = f"the model did not finish loading in {timeout_s:g}s"
+            log.error("worker %s (pid %d) not ready after %.0fs; killing it", managed.identity,
+                      managed.process.pid, timeout_s)
+            managed.process.kill()
 
     def purge_silent_workers(self, now: float) -> None:
         limit = self.config.heartbeat_interval_s * LIVENESS

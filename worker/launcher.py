@@ -15,9 +15,11 @@ Lifecycle:
   5. A broker that crashes is restarted (backoff from 0.2 s, doubling to 10 s); frontends
      reconnect to the same ipc endpoint by themselves. A broker exiting 2 or 3, or a dead
      gunicorn, stops everything.
-  6. On SIGINT/SIGTERM: SIGTERM gunicorn first (it stops accepting and lets in-flight HTTP
-     requests finish within drain_timeout_s, the broker still serving them), then the
-     broker (which drains and stops its workers); SIGKILL whatever outlives its bound.
+  6. On SIGINT/SIGTERM: SIGTERM the broker first: readiness goes false at once (/ping
+     503, so a load balancer stops sending), new predictions get 503 + Retry-After, queued
+     and running ones finish within drain_timeout_s and are delivered by the still-running
+     frontends; then the broker stops its workers and exits, and gunicorn is stopped with
+     nothing left in flight. SIGKILL whatever outlives its bound.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from worker.pool import spawn
 
 log = logging.getLogger("mxserve")
 
-STARTUP_TIMEOUT_S = 600.0  # resnet-152 on a slow disk loads in well under this
+STARTUP_MARGIN_S = 30.0  # beyond model_load_timeout_s, after which the broker gives up
 STOP_MARGIN_S = 5.0
 BROKER_BACKOFF_START_S = 0.2
 BROKER_BACKOFF_MAX_S = 10.0
@@ -217,7 +219,8 @@ class Launcher:
         return None
 
     def _wait_until_ready(self) -> int | None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        startup_timeout_s = self.config.model_load_timeout_s + STARTUP_MARGIN_S
+        deadline = time.monotonic() + startup_timeout_s
         while not self.stop_requested:
             code = self._children_alive()
             if code is not None:
@@ -239,7 +242,7 @@ class Launcher:
                       flush=True)
                 return None
             if time.monotonic() > deadline:
-                log.error("models not ready after %.0fs: %s", STARTUP_TIMEOUT_S, body)
+                log.error("models not ready after %.0fs: %s", startup_timeout_s, body)
                 return EXIT_MODEL_LOAD
             time.sleep(0.2)
         return EXIT_OK
@@ -305,7 +308,10 @@ class Launcher:
 
     def _stop(self) -> None:
         bound = self.config.drain_timeout_s + STOP_MARGIN_S
-        for child in (self.gunicorn, self.broker):  # frontends first: they need the broker
+        # The broker first: draining, it reports unready (/ping 503) and answers new
+        # requests 503 + Retry-After at once while queued and running ones finish; the
+        # frontends, still up, deliver those answers. Then gunicorn, with nothing in flight.
+        for child in (self.broker, self.gunicorn):
             if child is None or child.poll() is not None:
                 continue
             child.send_signal(signal.SIGTERM)

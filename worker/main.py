@@ -77,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                                service_class=args.service_class)
     except MXServeError as exc:
         log.error("cannot load model from %s: %s", args.archive, exc.message)
+        report_load_failure(args, exc.message)
         return EXIT_MODEL_LOAD
-    except Exception:
+    except Exception as exc:
         log.exception("cannot load model from %s", args.archive)
+        report_load_failure(args, f"{type(exc).__name__}: {exc}")
         return EXIT_MODEL_LOAD
     try:
         Worker(archive, service, args).run()
@@ -87,6 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("worker crashed")
         return EXIT_CRASH
     return EXIT_OK
+
+
+def report_load_failure(args: argparse.Namespace, reason: str) -> None:
+    """Best effort: tell the broker why this model cannot load, so the catalog (and the
+    operator) sees the reason, not just an exit code."""
+    import zmq
+
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 1000)  # let it leave, but never hang the exit
+    socket.connect(args.broker)
+    socket.send_multipart(to_frames(Message(Kind.DISCONNECT, {
+        "model": args.model_name or "", "load_error": reason})), copy=False)
+    socket.close()
+    context.term()
 
 
 class Worker:

@@ -8,8 +8,9 @@ workers (at least 1), because MXNet's default of one thread per core in every wo
 oversubscribes the machine and collapses throughput.
 
 `WorkerPool` starts the planned processes, notices exits (`reap`), and restarts crashed
-workers with exponential backoff. A worker that exits with EXIT_MODEL_LOAD is not
-restarted: its model is marked failed with the reason, the other models keep serving.
+workers with exponential backoff. A worker that exits with EXIT_MODEL_LOAD, or whose model
+the broker marked failed (`failed`: it never became ready in time), is not restarted: the
+model is failed with the reason, the other models keep serving.
 """
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ class ManagedWorker:
     started_at: float = 0.0
     backoff_s: float = BACKOFF_START_S
     restart_at: float | None = 0.0  # None: not to be started (failed, or stopping)
+    ready: bool = False  # this process said READY at least once
     exit_codes: list[int] = field(default_factory=list)
 
     @property
@@ -142,6 +144,7 @@ class WorkerPool:
         env = {**os.environ, **spec.env}
         worker.process = spawn(argv, env)
         worker.started_at = now
+        worker.ready = False
         worker.restart_at = None
         log.info("started worker %s (pid %d) for %s on %s, %d threads", worker.identity,
                  worker.process.pid, spec.model, f"gpu {spec.gpu}" if spec.gpu is not None
@@ -158,7 +161,7 @@ class WorkerPool:
             exited.append((worker, process.pid, code))
             worker.process = None
             worker.exit_codes.append(code)
-            if code == EXIT_MODEL_LOAD:
+            if code == EXIT_MODEL_LOAD or worker.spec.model in self.failed:
                 self.failed.setdefault(worker.spec.model, "the model failed to load (see the "
                                        "worker log)")
                 log.error("worker %s: model %s cannot load; not restarting", worker.identity,
@@ -172,6 +175,16 @@ class WorkerPool:
                         worker.identity, process.pid, code, worker.backoff_s)
             worker.backoff_s = min(worker.backoff_s * 2, BACKOFF_MAX_S)
         return exited
+
+    def mark_ready(self, pid: int) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.pid == pid:
+                worker.ready = True
+
+    def overdue(self, now: float, load_timeout_s: float) -> list[ManagedWorker]:
+        """Running workers that have not said READY within load_timeout_s of starting."""
+        return [w for w in self.workers if w.process is not None and not w.ready
+                and w.process.poll() is None and now - w.started_at > load_timeout_s]
 
     def kill(self, pid: int) -> None:
         """SIGKILL a hung worker; `reap` then restarts it."""

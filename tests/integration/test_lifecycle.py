@@ -13,7 +13,6 @@ import sklearn
 
 from common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
 from common.proctree import alive, descendants
-from frontend.broker_client import BrokerClient
 from tests.server_harness import ROOT, Server
 
 PHOTO = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "china.jpg")
@@ -29,7 +28,7 @@ def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
     return {pid for pid in pids if alive(pid)}
 
 
-def test_sigterm_finishes_in_flight_requests_and_leaves_no_process(sample_models):
+def test_sigterm_turns_readiness_off_first_then_finishes_in_flight_requests(sample_models):
     server = Server([f"resnet18={sample_models['resnet18']}"], "--max-batch-size", "1")
     server.wait_ready()
     tree = descendants(server.process.pid)
@@ -45,6 +44,18 @@ def test_sigterm_finishes_in_flight_requests_and_leaves_no_process(sample_models
         futures = [pool.submit(call, i) for i in range(16)]
         time.sleep(0.5)  # all 16 accepted and queued: about a second of work remains
         server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        # A load balancer's health check sees "unready" while the queue still drains.
+        while True:
+            ping = requests.get(server.url + "/ping", timeout=5)
+            if ping.status_code == 503:
+                break
+            assert time.monotonic() - signalled < 0.5, "still ready 0.5 s after SIGTERM"
+        assert ping.json()["reason"] == "shutting down"
+        late = requests.post(f"{server.url}/resnet18/predict", files={"data": image},
+                             timeout=10)
+        assert late.status_code == 503 and late.headers["Retry-After"]
+        assert not all(f.done() for f in futures), "nothing was in flight any more"
         statuses = [f.result() for f in futures]
     assert statuses == [200] * 16, statuses
     assert server.process.wait(60) == 0
@@ -133,10 +144,57 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
         [replacement] = descendants(broker)
         assert replacement != worker
         assert "exited with -9; restarting" in server.log_text()
-        run_dir = next(line for line in open(f"/proc/{broker}/environ", "rb").read().split(b"\0")
-                       if line.startswith(b"MXSERVE_RUN_DIR=")).split(b"=", 1)[1].decode()
-        catalog = BrokerClient(f"ipc://{run_dir}/frontends.sock").catalog(5.0)
+        catalog = server.catalog()
         assert catalog["models"]["digits"]["restarts"] == 1
         assert catalog["models"]["digits"]["ready"] == 1
+    finally:
+        assert server.stop() == 0
+
+
+def test_models_that_cannot_load_are_failed_with_their_reason_and_the_others_serve(
+        sample_models, tmp_path, reference):
+    """A signature the symbol cannot take (caught by the warm-up forward), a custom service
+    that raises on import, and one that never finishes loading (model_load_timeout_s)."""
+    import json
+    import zipfile
+
+    mismatched = tmp_path / "mismatched"
+    with zipfile.ZipFile(sample_models["digits"]) as archive:
+        archive.extractall(mismatched)
+    signature = json.loads((mismatched / "signature.json").read_text())
+    signature["inputs"][0]["data_shape"] = [0, 1, 32, 32]  # the symbol takes 3 channels
+    (mismatched / "signature.json").write_text(json.dumps(signature))
+    services = ROOT / "tests" / "data" / "services"
+    server = Server([f"digits={sample_models['digits']}", f"mismatched={mismatched}",
+                     f"import_error={sample_models['noop']}", f"hangs={sample_models['noop']}"],
+                    "--services", f"import_error={services / 'broken.py'}",
+                    f"hangs={services / 'hangs_at_load.py'}", "--model-load-timeout-s", "15")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                ping = requests.get(server.url + "/ping", timeout=2)
+                if "loading" not in ping.json().get("models", {"": "loading"}).values():
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        assert ping.status_code == 503
+        assert ping.json()["models"] == {"digits": "ready", "mismatched": "failed",
+                                         "import_error": "failed", "hangs": "failed"}
+        errors = {name: m["error"] for name, m in server.catalog()["models"].items()}
+        assert "shape" in errors["mismatched"].lower(), errors
+        assert "this module fails at import" in errors["import_error"], errors
+        assert errors["hangs"] == "the model did not finish loading in 15s"
+        image = (reference / "images" / "digit_5.jpg").read_bytes()
+        ok = requests.post(f"{server.url}/digits/predict", files={"data": image}, timeout=30)
+        assert ok.status_code == 200
+        refused = requests.post(f"{server.url}/mismatched/predict", files={"data": image},
+                                timeout=30)
+        assert refused.status_code == 503 and "shape" in refused.json()["message"].lower()
+        time.sleep(2)  # a failed model is not restart-looped
+        assert server.catalog()["models"]["hangs"]["restarts"] == 0
+        assert len(server.processes("-m worker --archive")) == 1
+        print(errors)
     finally:
         assert server.stop() == 0
