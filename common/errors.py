@@ -55,6 +55,24 @@ class UnsupportedMediaType(MXServeError):
     type = "UnsupportedMediaType"
 
 
+class URITooLong(MXServeError):
+    """The request line is over gunicorn's limit_request_line."""
+
+    type = "URITooLong"
+
+
+class HeaderFieldsTooLarge(MXServeError):
+    """Too many headers, or one too long, for gunicorn's limits."""
+
+    type = "HeaderFieldsTooLarge"
+
+
+class NotImplementedByServer(MXServeError):
+    """A transfer coding (or other HTTP feature) the server does not implement."""
+
+    type = "NotImplemented"
+
+
 class ModelError(MXServeError):
     """The model's own code (preprocess, inference, postprocess) raised."""
 
@@ -98,6 +116,9 @@ HTTP_STATUS: dict[str, int] = {
     MethodNotAllowed.type: 405,
     PayloadTooLarge.type: 413,
     UnsupportedMediaType.type: 415,
+    URITooLong.type: 414,
+    HeaderFieldsTooLarge.type: 431,
+    NotImplementedByServer.type: 501,
     ArchiveError.type: 400,
     ModelError.type: 500,
     InternalServerError.type: 500,
@@ -109,7 +130,8 @@ HTTP_STATUS: dict[str, int] = {
 _BY_TYPE: dict[str, type[MXServeError]] = {
     cls.type: cls
     for cls in (InvalidInput, Unauthorized, ModelNotFound, MethodNotAllowed, PayloadTooLarge,
-                UnsupportedMediaType, ModelError, InternalServerError, ServiceUnavailable,
+                UnsupportedMediaType, URITooLong, HeaderFieldsTooLarge, NotImplementedByServer,
+                ModelError, InternalServerError, ServiceUnavailable,
                 DeadlineExceeded, ArchiveError, ProtocolError)
 }
 

@@ -189,7 +189,8 @@ class Launcher:
     def _gunicorn_argv(self) -> list[str]:
         c = self.config
         bind = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
-        return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
+        return [sys.executable, "-m", "gunicorn",
+                "--worker-class", "frontend.gunicorn_worker.JSONErrorThreadWorker",
                 "--workers", str(c.frontend_workers), "--threads", str(c.frontend_threads),
                 "--bind", bind, "--timeout", str(int(c.gunicorn_timeout_s)),
                 "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
@@ -200,7 +201,8 @@ class Launcher:
     def _gunicorn_options(self) -> dict[str, Any]:
         c = self.config
         return {"bind": f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}",
-                "worker_class": "gthread", "workers": c.frontend_workers,
+                "worker_class": "frontend.gunicorn_worker.JSONErrorThreadWorker",
+                "workers": c.frontend_workers,
                 "threads": c.frontend_threads, "timeout": int(c.gunicorn_timeout_s),
                 "graceful_timeout": int(c.drain_timeout_s), "keepalive": 5,
                 "errorlog": c.log_file or "-", "loglevel": c.log_level.lower(),
