@@ -26,6 +26,7 @@ from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, 
                            MXServeError, PayloadTooLarge, ServiceUnavailable,
                            UnsupportedMediaType)
 from common.logs import setup_logging
+from frontend.admission import is_shed
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
 from frontend.decode import Field, Limits, decode_inputs, warm_up
@@ -79,6 +80,9 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         client_id = request.headers.get("X-Request-Id", "")
         g.request_id = client_id[:64] if client_id.isprintable() and client_id else g.wire_id
         g.started = time.monotonic()
+        if is_shed():
+            raise ServiceUnavailable("the server is overloaded (too many requests waiting); "
+                                     "retry")
 
     @app.after_request
     def tag_response(response: Response) -> Response:

@@ -190,7 +190,7 @@ class Launcher:
         c = self.config
         bind = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
         return [sys.executable, "-m", "gunicorn",
-                "--worker-class", "frontend.gunicorn_worker.JSONErrorThreadWorker",
+                "--worker-class", "frontend.gunicorn_worker.ModelServerThreadWorker",
                 "--workers", str(c.frontend_workers), "--threads", str(c.frontend_threads),
                 "--bind", bind, "--timeout", str(int(c.gunicorn_timeout_s)),
                 "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
@@ -201,7 +201,7 @@ class Launcher:
     def _gunicorn_options(self) -> dict[str, Any]:
         c = self.config
         return {"bind": f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}",
-                "worker_class": "frontend.gunicorn_worker.JSONErrorThreadWorker",
+                "worker_class": "frontend.gunicorn_worker.ModelServerThreadWorker",
                 "workers": c.frontend_workers,
                 "threads": c.frontend_threads, "timeout": int(c.gunicorn_timeout_s),
                 "graceful_timeout": int(c.drain_timeout_s), "keepalive": 5,
