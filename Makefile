@@ -6,7 +6,7 @@ MODELS ?= sample-models
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install models test unit lint serve bench example clean
+.PHONY: install models test unit lint serve bench example clean system-deps
 
 # The embedding example (docs/embedding.md): ServingFrontend with a custom service + endpoint.
 example: models
@@ -35,7 +35,14 @@ $(VENV)/.installed: setup.py
 models: install
 	$(PY) scripts/make_sample_models.py --out $(MODELS)
 
-test: lint
+# Debian packages the tests need: a real nginx in front of the stack (tests/integration/
+# test_nginx.py). Installed when missing; sudo only when not already root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
+	    ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends nginx)
+
+test: lint system-deps
 	$(PY) scripts/make_sample_models.py --out $(MODELS)
 	$(PY) -m pytest -q tests
 

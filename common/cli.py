@@ -3,6 +3,7 @@
     mxserve export --model-name NAME --model-path DIR [--service-file-path F]
                    [--export-path D] [--force]
     mxserve worker --archive A --broker ENDPOINT [--gpu N] ...
+    mxserve nginx-conf [--listen 80] [--config FILE]
 """
 from __future__ import annotations
 
@@ -33,9 +34,28 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--service-file-path", default=None, help="custom service .py")
     export.add_argument("--export-path", default=".", help="output folder (default: .)")
     export.add_argument("--force", action="store_true", help="overwrite an existing archive")
+    nginx = commands.add_parser("nginx-conf", help="print an nginx.conf for gunicorn behind "
+                                "nginx, consistent with this configuration")
+    nginx.add_argument("--listen", default="80", help="nginx's listen directive (default: 80)")
+    nginx.add_argument("--config", default=None, help="mxserve TOML settings file")
     args = parser.parse_args(argv)
     if args.command == "export":
         return _export(args)
+    if args.command == "nginx-conf":
+        return _nginx_conf(args)
+    return EXIT_OK
+
+
+def _nginx_conf(args: argparse.Namespace) -> int:
+    from common.config import ConfigError, load_config
+    from common.nginx import render
+
+    try:
+        config = load_config({}, args.config)
+    except ConfigError as exc:
+        print(f"mxserve nginx-conf: error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(render(config, args.listen), end="")
     return EXIT_OK
 
 

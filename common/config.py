@@ -70,6 +70,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models", list, [], "models to serve, as name=archive (a .model zip or folder)"),
     Setting("host", str, "127.0.0.1", "inference listener address"),
     Setting("port", int, 8080, "inference listener port", _positive),
+    Setting("unix_socket", str, "", "also serve HTTP on this unix socket (nginx's upstream, "
+            "see `mxserve nginx-conf`)"),
     Setting("gpus", int, 0, "number of GPUs: one worker per GPU per model (0: CPU workers)",
             _non_negative),
     Setting("gpu", int, -1, "MMS 0.4's --gpu: pin every model's single worker to this GPU id "
@@ -91,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request_timeout_s", float, 30.0, "inference deadline per request", _positive),
     Setting("gunicorn_timeout_s", float, 60.0, "gunicorn worker timeout (> request timeout)",
             _positive),
+    Setting("proxy_read_timeout_s", float, 90.0, "read timeout of the proxy in front "
+            "(nginx's proxy_read_timeout, as `mxserve nginx-conf` writes it); must exceed "
+            "gunicorn_timeout_s so clients get our JSON 504, not the proxy's", _positive),
     Setting("drain_timeout_s", float, 20.0, "on SIGTERM, how long in-flight requests may "
             "finish", _non_negative),
     Setting("model_load_timeout_s", float, 300.0, "a worker not READY this long after it "
@@ -190,6 +195,10 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"timeout ladder broken: gunicorn_timeout_s ({config.gunicorn_timeout_s}) must "
             f"exceed request_timeout_s + {FRONTEND_WAIT_MARGIN_S} ({frontend_wait_s(config)})")
+    if config.proxy_read_timeout_s <= config.gunicorn_timeout_s:
+        raise ConfigError(
+            f"timeout ladder broken: proxy_read_timeout_s ({config.proxy_read_timeout_s}) "
+            f"must exceed gunicorn_timeout_s ({config.gunicorn_timeout_s})")
     for entry in config.models:
         parse_model_spec(entry)
     parse_batching(config.batching)

@@ -188,19 +188,26 @@ class Launcher:
 
     def _gunicorn_argv(self) -> list[str]:
         c = self.config
-        bind = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
+        binds = [arg for bind in self._binds() for arg in ("--bind", bind)]
         return [sys.executable, "-m", "gunicorn",
                 "--worker-class", "frontend.gunicorn_worker.ModelServerThreadWorker",
                 "--workers", str(c.frontend_workers), "--threads", str(c.frontend_threads),
-                "--bind", bind, "--timeout", str(int(c.gunicorn_timeout_s)),
+                *binds, "--timeout", str(int(c.gunicorn_timeout_s)),
                 "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
                 "--error-logfile", c.log_file or "-", "--log-level", c.log_level.lower(),
                 "--control-socket", os.path.join(c.run_dir, "gunicorn.ctl"),
                 "frontend.app:create_app()"]
 
+    def _binds(self) -> list[str]:
+        c = self.config
+        binds = [f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"]
+        if c.unix_socket:
+            binds.append(f"unix:{c.unix_socket}")
+        return binds
+
     def _gunicorn_options(self) -> dict[str, Any]:
         c = self.config
-        return {"bind": f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}",
+        return {"bind": self._binds(),
                 "worker_class": "frontend.gunicorn_worker.ModelServerThreadWorker",
                 "workers": c.frontend_workers,
                 "threads": c.frontend_threads, "timeout": int(c.gunicorn_timeout_s),
