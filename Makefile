@@ -13,8 +13,7 @@ example: models
 	$(PY) examples/embed_digits.py --port 8090
 
 # The benchmark suite (about 6 minutes; run it alone): figures for the README.
-bench: models
-	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk apache2-utils)
+bench: models system-deps
 	$(PY) -m pip install -q -e '.[dev,samples,bench]'
 	$(PY) benchmarks/bench.py
 
@@ -35,12 +34,14 @@ $(VENV)/.installed: setup.py
 models: install
 	$(PY) scripts/make_sample_models.py --out $(MODELS)
 
-# Debian packages the tests need: a real nginx in front of the stack (tests/integration/
-# test_nginx.py). Installed when missing; sudo only when not already root.
+# Debian packages the tests need: a real nginx in front of the stack (test_nginx.py), wrk
+# and ab behind scripts/loadtest.sh (test_loadtest_script.py). Installed when missing; sudo
+# only when not already root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
-	    ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends nginx)
+	@(command -v nginx || [ -x /usr/sbin/nginx ]) >/dev/null && command -v wrk >/dev/null \
+	    && command -v ab >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install \
+	    -y -q --no-install-recommends nginx wrk apache2-utils)
 
 test: lint system-deps
 	$(PY) scripts/make_sample_models.py --out $(MODELS)

@@ -18,6 +18,7 @@ setup(
         "opencv-python-headless>=4.8,<4.12",  # INTER_CUBIC resize exactly as MMS 0.4
         "pillow>=10",              # strict decoding, header-first size checks
         "flask>=3.0",
+        "prometheus_client>=0.17",  # /metrics, aggregated across processes (multiprocess mode)
         # gthread frontends; 27 added the control socket we place per instance, and
         # frontend/gunicorn_worker.py builds on 27's gthread internals
         "gunicorn>=27,<28",
@@ -26,7 +27,7 @@ setup(
         "samples": ["scikit-learn>=1.3"],  # bundled digits data and JPEG photos
         "bench": ["matplotlib>=3.7", "py-spy"],  # the benchmark plot; profiling
         "dev": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7", "ruff", "mypy",
-                "hypothesis>=6"],
+                "hypothesis>=6", "supervisor>=4"],
     },
     entry_points={"console_scripts": ["mxserve = common.cli:main"]},
 )

@@ -4,6 +4,8 @@
                    [--export-path D] [--force]
     mxserve worker --archive A --broker ENDPOINT [--gpu N] ...
     mxserve nginx-conf [--listen 80] [--config FILE]
+    mxserve config --show [any `mxserve start` flag ...] | --markdown
+    mxserve broker | mxserve frontend     (the two programs of supervisord.conf)
 """
 from __future__ import annotations
 
@@ -23,10 +25,25 @@ def main(argv: list[str] | None = None) -> int:
         from worker.launcher import main as start_main
 
         return start_main(argv[1:])
+    if argv and argv[0] == "broker":
+        from worker.broker import main as broker_main
+
+        return broker_main()
+    if argv and argv[0] == "frontend":
+        from worker.launcher import frontend_main
+
+        return frontend_main(argv[1:])
+    if argv and argv[0] == "config":
+        return _config(argv[1:])
     parser = argparse.ArgumentParser(prog="mxserve", description="MXNet model server")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("start", help="serve models (see `mxserve start -h`)")
     commands.add_parser("worker", help="run one worker process (see `mxserve worker -h`)")
+    commands.add_parser("broker", help="the broker and its workers alone, configured by "
+                        "MXSERVE_* variables (supervisord.conf)")
+    commands.add_parser("frontend", help="gunicorn alone (see `mxserve frontend -h`)")
+    commands.add_parser("config", help="print the effective configuration (see `mxserve "
+                        "config -h`)")
     export = commands.add_parser("export", help="build a .model archive (MMS 0.4 compatible)")
     export.add_argument("--model-name", required=True)
     export.add_argument("--model-path", required=True,
@@ -43,6 +60,33 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "nginx-conf":
         return _nginx_conf(args)
+    return EXIT_OK
+
+
+def _config(argv: list[str]) -> int:
+    """`mxserve config --show [start's flags]`: what `mxserve start` with the same flags,
+    environment and --config file would run with, as TOML, each value's source beside it.
+    `--markdown`: the table of every setting (docs/configuration.md)."""
+    from common.config import ConfigError, add_arguments, load_config, markdown_table, show
+
+    parser = argparse.ArgumentParser(prog="mxserve config", description=_config.__doc__,
+                                     argument_default=argparse.SUPPRESS)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--show", action="store_true", help="print the effective settings")
+    action.add_argument("--markdown", action="store_true", help="print the settings table")
+    add_arguments(parser)
+    values = vars(parser.parse_args(argv))
+    if values.pop("markdown", False):
+        print(markdown_table(), end="")
+        return EXIT_OK
+    values.pop("show", None)
+    config_file = values.pop("config", None)
+    try:
+        config = load_config(values, config_file)
+    except ConfigError as exc:
+        print(f"mxserve config: error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(show(config), end="")
     return EXIT_OK
 
 

@@ -7,6 +7,8 @@ the timeout ladder) and returns a frozen `Config`.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -70,6 +72,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models", list, [], "models to serve, as name=archive (a .model zip or folder)"),
     Setting("host", str, "127.0.0.1", "inference listener address"),
     Setting("port", int, 8080, "inference listener port", _positive),
+    Setting("management_host", str, "127.0.0.1", "management listener address (/metrics); "
+            "anything but loopback requires management_token"),
+    Setting("management_port", int, 8081, "management listener port (0: no management "
+            "listener)", _non_negative),
+    Setting("management_token", str, "", "bearer token the management listener requires "
+            "(compared in constant time, never logged)"),
     Setting("unix_socket", str, "", "also serve HTTP on this unix socket (nginx's upstream, "
             "see `mxserve nginx-conf`)"),
     Setting("gpus", int, 0, "number of GPUs: one worker per GPU per model (0: CPU workers)",
@@ -91,6 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
             "from MMS 0.4's full decode + bicubic decimation, so answers can move"),
     Setting("max_queue_size", int, 100, "queued requests per model before 503", _positive),
     Setting("request_timeout_s", float, 30.0, "inference deadline per request", _positive),
+    Setting("frontend_queue_timeout_s", float, 5.0, "a predict request that waited this long "
+            "for a frontend thread (the frontends are saturated) is answered 503 at once",
+            _positive),
     Setting("gunicorn_timeout_s", float, 60.0, "gunicorn worker timeout (> request timeout)",
             _positive),
     Setting("proxy_read_timeout_s", float, 90.0, "read timeout of the proxy in front "
@@ -119,6 +130,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("broker_workers", str, "", "broker endpoint for workers (default: ipc in "
             "run_dir)"),
     Setting("log_file", str, "", "log to this file instead of stderr"),
+    Setting("log_rotation_time", str, "", "MMS 0.4's --log-rotation-time: rotate log_file "
+            "every 'interval when' (e.g. '1 H', '1 D', 'midnight'); empty: never"),
+    Setting("access_log", bool, True, "one access-log line per request (request id, model, "
+            "status, bytes, batch size, queue/inference/total ms; never payloads)"),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR",
             lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
 )
@@ -199,10 +214,33 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"timeout ladder broken: proxy_read_timeout_s ({config.proxy_read_timeout_s}) "
             f"must exceed gunicorn_timeout_s ({config.gunicorn_timeout_s})")
+    if config.management_port:
+        if config.management_port == config.port:
+            raise ConfigError(f"management_port and port are both {config.port}")
+        if not _is_loopback(config.management_host) and not config.management_token:
+            raise ConfigError(f"management_host {config.management_host!r} is not loopback: "
+                              "set management_token (clients send it as a bearer token)")
+    if config.log_rotation_time:
+        from common.logs import parse_rotation
+
+        if not config.log_file:
+            raise ConfigError("log_rotation_time needs log_file")
+        parse_rotation(config.log_rotation_time)
     for entry in config.models:
         parse_model_spec(entry)
     parse_batching(config.batching)
     parse_services(config.services)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -257,3 +295,45 @@ def parse_model_spec(entry: str) -> tuple[str | None, str]:
     if not name or not path:
         raise ConfigError(f"model {entry!r}: expected name=path")
     return name, path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (`--max-batch-size`), plus `--config FILE`; flags not given
+    are absent from the parsed namespace (argument_default=SUPPRESS on the parser)."""
+    parser.add_argument("--config", help="TOML file of settings (docs/configuration.md)")
+    for setting in SETTINGS:
+        kwargs: dict[str, Any] = {"help": f"{setting.help} (default: {setting.default!r}; "
+                                          f"env {setting.env})", "dest": setting.name}
+        if setting.type is list:
+            kwargs["nargs"] = "+"
+        elif setting.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = setting.type
+        parser.add_argument(setting.flag, **kwargs)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)  # strings and lists of strings: JSON's syntax is TOML's here
+
+
+def show(config: Config) -> str:
+    """The effective configuration as a TOML file, each line saying where it came from."""
+    width = max(len(s.name) for s in SETTINGS)
+    return "".join(f"{s.name.ljust(width)} = {_toml_value(config.values[s.name])}"
+                   f"  # {config.sources[s.name]}\n" for s in SETTINGS)
+
+
+def markdown_table() -> str:
+    """docs/configuration.md's table: every setting, its flag, variable and default."""
+    rows = ["| setting (TOML key) | flag | environment | default | meaning |",
+            "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        meaning = s.help.replace("|", r"\|")
+        rows.append(f"| `{s.name}` | `{s.flag}` | `{s.env}` | `{_toml_value(s.default)}` | "
+                    f"{meaning} |")
+    return "\n".join(rows) + "\n"

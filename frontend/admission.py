@@ -1,20 +1,32 @@
-"""Whether the request this thread is handling was admitted or must be shed (503).
+"""What the gunicorn worker knows about the request this thread is handling: how long it
+waited for the thread, and which listener it arrived on.
 
-The gunicorn worker (frontend/gunicorn_worker.py) decides when it queues a request for a
-thread, which is the only moment the size of its backlog is known; the Flask app, later
-on that thread, answers a shed request 503 + Retry-After before doing any work for it.
-Outside gunicorn (the Flask test client, other WSGI servers) nothing is ever shed.
+The gunicorn worker (frontend/gunicorn_worker.py) times each request from the moment it
+queues it for a thread and knows the listening socket of each connection; the Flask app,
+later on that thread, reads both: a request that waited too long is shed (503), and the
+wait is taken off its deadline. The listener
+decides whether management routes exist for a request (a Host header could be forged, the
+accepting socket cannot). Outside gunicorn (the Flask test client, other WSGI servers)
+no wait and no listener are known.
 """
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 _current = threading.local()
 
 
-def set_shed(shed: bool) -> None:
-    _current.shed = shed
+def set_context(waited_s: float, listener: Any) -> None:
+    _current.waited_s = waited_s
+    _current.listener = listener
 
 
-def is_shed() -> bool:
-    return getattr(_current, "shed", False)
+def waited_s() -> float:
+    """Seconds the request waited for a frontend thread."""
+    return getattr(_current, "waited_s", 0.0)
+
+
+def listener() -> Any:
+    """The accepting socket's address: (host, port) for TCP, a path for unix sockets."""
+    return getattr(_current, "listener", None)

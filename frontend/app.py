@@ -10,7 +10,9 @@ log with the request id, never to the client. Each response carries X-Request-Id
 from __future__ import annotations
 
 import functools
+import hmac
 import itertools
+import json
 import logging
 import os
 import re
@@ -21,18 +23,20 @@ from typing import Any, Callable, Sequence
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from common.config import Config, frontend_wait_s, load_config
+from common.config import FRONTEND_WAIT_MARGIN_S, Config, load_config
 from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
-                           MXServeError, PayloadTooLarge, ServiceUnavailable,
+                           MXServeError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
                            UnsupportedMediaType)
 from common.logs import setup_logging
-from frontend.admission import is_shed
+from common import metrics
+from frontend.admission import listener, waited_s
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
 from frontend.decode import Field, Limits, decode_inputs, warm_up
 from frontend.openapi import build_spec
 
 log = logging.getLogger("frontend")
+access_log = logging.getLogger("access")
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # werkzeug's own HTTP errors, expressed in our error table.
@@ -63,12 +67,12 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_form_parts
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_body_bytes
+    app.config["MXSERVE_FRONTEND_QUEUE_TIMEOUT_S"] = config.frontend_queue_timeout_s
     app.json.sort_keys = False  # type: ignore[attr-defined]
     client = BrokerClient(config.broker_frontend)
     catalog = Catalog(client)
     limits = Limits(max_image_pixels=config.max_image_pixels,
                     max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft)
-    wait_s = frontend_wait_s(config)
     request_counter = itertools.count()  # next() on it is atomic under the GIL
     warm_up()
 
@@ -80,13 +84,15 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         client_id = request.headers.get("X-Request-Id", "")
         g.request_id = client_id[:64] if client_id.isprintable() and client_id else g.wire_id
         g.started = time.monotonic()
-        if is_shed():
-            raise ServiceUnavailable("the server is overloaded (too many requests waiting); "
-                                     "retry")
+        g.waited_s = waited_s()  # late ones were shed before Flask (gunicorn_worker.py)
 
     @app.after_request
     def tag_response(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        if config.access_log:
+            access_log.info(access_line(response))
+        if request.endpoint == "predict":
+            record_prediction(response)
         return response
 
     @app.post("/<model>/predict")
@@ -94,6 +100,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         signature = catalog.signature(model)
         if signature is None:
             raise ModelNotFound(f"model {model!r} is not loaded; see /api-description")
+        g.model = model  # a served model's name: safe as a log field and a metric label
         if request.mimetype not in FORM_TYPES:
             raise UnsupportedMediaType(
                 f"send multipart/form-data with field(s) "
@@ -103,8 +110,11 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         parsed = time.monotonic()
         arrays = decode_inputs(signature, fields, limits)
         decoded = time.monotonic()
-        result, timing = client.predict(model, g.wire_id, arrays, config.request_timeout_s,
-                                        wait_s)
+        # The deadline started when the request was queued for a thread, not now.
+        budget_s = max(0.001, config.request_timeout_s - g.waited_s)
+        result, timing = client.predict(model, g.wire_id, arrays, budget_s,
+                                        budget_s + FRONTEND_WAIT_MARGIN_S)
+        g.timing = timing
         response = jsonify(prediction=result)
         # Where the time went, in the standard Server-Timing header (milliseconds).
         response.headers["Server-Timing"] = ", ".join([
@@ -142,6 +152,23 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
                          _json_view(endpoint.view), methods=[endpoint.method.upper()])
         extra_paths.setdefault(endpoint.path, {})[endpoint.method] = endpoint.operation
 
+    def on_management_listener() -> bool:
+        address = listener()
+        return (bool(config.management_port) and isinstance(address, tuple)
+                and address[1] == config.management_port)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Any:
+        """Management listener only: on the public one this route does not exist (404)."""
+        if not on_management_listener():
+            raise ModelNotFound("no such route on this listener (see /api-description)")
+        if config.management_token:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), config.management_token.encode()):
+                raise Unauthorized("the management API needs the bearer token "
+                                   "(Authorization: Bearer ...)")
+        return Response(metrics.render(), mimetype=metrics.CONTENT_TYPE)
+
     @app.get("/api-description")
     def api_description() -> Any:
         return jsonify(description=build_spec(catalog.signatures(), request.host, extra_paths))
@@ -174,7 +201,44 @@ def _json_view(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def record_prediction(response: Response) -> None:
+    model = g.get("model", "-")
+    metrics.PREDICTIONS.labels(model, metrics.status_class(response.status_code)).inc()
+    started = g.get("started")
+    if started is not None:
+        metrics.REQUEST_SECONDS.labels(model).observe(time.monotonic() - started)
+    timing = g.get("timing")
+    if timing:
+        metrics.QUEUE_SECONDS.labels(model).observe(timing.get("queue_ms", 0.0) / 1000.0)
+        metrics.INFERENCE_SECONDS.labels(model).observe(
+            timing.get("inference_ms", 0.0) / 1000.0)
+
+
+def access_line(response: Response) -> str:
+    """One logfmt line per request: who, what, outcome and where the time went; never the
+    payload. Values that could break the format (client ids, odd paths) are quoted."""
+    timing = g.get("timing") or {}
+    started = g.get("started")
+    fields = {
+        "request_id": g.get("request_id", "-"), "method": request.method,
+        "path": request.path, "model": g.get("model", "-"), "status": response.status_code,
+        "bytes": response.content_length or 0, "batch": timing.get("batch_size", "-"),
+        "queue_ms": timing.get("queue_ms", "-"), "inference_ms": timing.get("inference_ms", "-"),
+        "total_ms": f"{(time.monotonic() - started) * 1000:.2f}" if started else "-"}
+    if g.get("wire_id") and g.get("wire_id") != fields["request_id"]:
+        fields["wire_id"] = g.wire_id  # the id the broker's and worker's log lines carry
+    return " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items())
+
+
+def _logfmt(value: Any) -> str:
+    text = str(value)
+    if text and all(c.isalnum() or c in "-_./:%" for c in text):
+        return text
+    return json.dumps(text)
+
+
 def error_response(error: MXServeError) -> tuple[Response, int]:
+    metrics.ERRORS.labels(error.type).inc()
     response = jsonify(error.to_dict(g.get("request_id")))
     if isinstance(error, ServiceUnavailable):
         response.headers["Retry-After"] = str(error.retry_after_s)

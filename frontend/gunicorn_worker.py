@@ -15,13 +15,19 @@
    never reach Flask; gunicorn answers with an HTML page through
    `gunicorn.util.write_error`, which is replaced here (in gunicorn processes only: nothing
    else imports this module) by the DESIGN §4 JSON body with gunicorn's status and message.
-3. A bounded backlog. gthread queues every readable connection for its threads without
-   limit, so under overload requests waited in that queue past their deadline while the
-   broker's bounded queue, the designed back-pressure, never filled (measured: 1,000
-   connections on resnet18 all answered 200, the last after 64 s). A request arriving when
-   2 x `threads` requests already wait for a thread (on top of the `threads` running) is
-   marked shed, and the app answers it 503 + Retry-After as soon as a thread takes it,
-   without decoding it or asking the broker (frontend/admission.py).
+3. Waiting for a thread counts. gthread queues readable connections for its threads
+   without limit, and the request's deadline used to start only when a thread took it:
+   under overload requests waited there far past their deadline while the broker's
+   bounded queue, the designed back-pressure, never filled (measured: 1,000 connections
+   on resnet18 all answered 200, the last after 64 s). Each request is now timed from the
+   moment it is queued for a thread; a predict request that waited longer than
+   `frontend_queue_timeout_s` is answered 503 + Retry-After right here, before Flask (a
+   shed request must cost next to nothing, or shedding a burst starves the health lane
+   of the GIL: /ping p99 went from 31 to 225 ms when Flask answered them), and the app
+   takes the wait off the others' deadlines (frontend/admission.py). A first version shed by backlog
+   length (2 x threads) instead: at 256 keep-alive connections on digits it shed 96 % of
+   requests that would have been served within a second, and the fast 503s, re-sent at
+   once, took the CPU: served throughput fell from 290/s to 41/s (scripts/soak.py).
 
 Built on gthread's internals of gunicorn 27 (enqueue_req, pending_conns); setup.py pins
 the major version.
@@ -31,6 +37,7 @@ from __future__ import annotations
 import json
 import selectors
 import socket
+import sys
 import time
 from concurrent import futures
 from functools import partial
@@ -39,17 +46,15 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
+from common import metrics
 from frontend import admission
 from common.errors import (HeaderFieldsTooLarge, InternalServerError, InvalidInput,
-                           NotImplementedByServer, URITooLong)
+                           NotImplementedByServer, ServiceUnavailable, URITooLong)
 
 HEALTH_THREADS = 2
+SWITCH_INTERVAL_S = 0.001
 HEALTH_REQUESTS = (b"GET /ping ", b"GET /ping?", b"GET / ", b"HEAD /ping ", b"HEAD / ")
 PEEK_BYTES = max(len(prefix) for prefix in HEALTH_REQUESTS)
-# Requests that may wait for a thread, per thread, before new ones are shed: 2 lets wrk's
-# 128 connections split 2:1 over two processes without a 503, and keeps the last admitted
-# request of a 1,000-connection burst on resnet18 within its 30 s deadline (~15 s, measured).
-WAITING_PER_THREAD = 2
 
 TYPE_BY_STATUS = {400: InvalidInput.type, 414: URITooLong.type,
                   431: HeaderFieldsTooLarge.type, 501: NotImplementedByServer.type}
@@ -58,6 +63,7 @@ TYPE_BY_STATUS = {400: InvalidInput.type, 414: URITooLong.type,
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     error_type = TYPE_BY_STATUS.get(status_int) or (
         InvalidInput.type if status_int < 500 else InternalServerError.type)
+    metrics.ERRORS.labels(error_type).inc()
     body = json.dumps({"code": status_int, "type": error_type,
                        "message": mesg or reason, "request_id": ""}).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
@@ -69,38 +75,34 @@ util.write_error = write_json_error
 
 
 class ModelServerThreadWorker(ThreadWorker):
-    """gthread with a health-check lane, JSON refusals and a bounded backlog (see the module
-    docstring)."""
+    """gthread with a health-check lane, JSON refusals and timed waits for a thread (see the
+    module docstring)."""
 
     def init_process(self) -> None:
+        # The accepting thread releases the GIL at every syscall and must win it back from
+        # up to `threads` busy request threads; at the default 5 ms switch interval a burst
+        # of 1,000 requests held a health check's accept back ~0.6 s (GIL convoy).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS,
                                                       thread_name_prefix="health")
         super().init_process()
-
-    outstanding = 0  # requests given to the main pool and not finished (main thread only)
 
     def enqueue_req(self, conn: Any) -> None:  # called on the main thread only
         first = _peek(conn.sock)
         if not first and not conn.initialized and not conn.data_ready:
             self._wait_for_first_bytes(conn)
         elif first.startswith(HEALTH_REQUESTS):
-            conn.shed = False
+            conn.queued_at = time.monotonic()
             done = self.health_pool.submit(self.handle, conn)
             done.add_done_callback(
                 lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
         else:
-            conn.shed = self.outstanding >= self.cfg.threads * (1 + WAITING_PER_THREAD)
-            self.outstanding += 1
-            done = self.tpool.submit(self.handle, conn)
-            done.add_done_callback(
-                lambda fut: self.method_queue.defer(self._finished, conn, fut))
-
-    def _finished(self, conn: Any, done: futures.Future) -> None:
-        self.outstanding -= 1
-        self.finish_request(conn, done)
+            conn.queued_at = time.monotonic()
+            super().enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:  # on a pool thread
-        admission.set_shed(getattr(conn, "shed", False))
+        now = time.monotonic()
+        admission.set_context(now - getattr(conn, "queued_at", now), conn.server)
         return super().handle(conn)
 
     def _wait_for_first_bytes(self, conn: Any) -> None:
@@ -111,9 +113,39 @@ class ModelServerThreadWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              partial(self.on_pending_socket_readable, conn))
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        app_config = getattr(self.wsgi, "config", {})
+        self.wsgi = ShedLateRequests(self.wsgi, app_config.get(QUEUE_TIMEOUT_KEY, 5.0))
+
     def handle_quit(self, sig: Any, frame: Any) -> None:
         self.health_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
+
+
+QUEUE_TIMEOUT_KEY = "MXSERVE_FRONTEND_QUEUE_TIMEOUT_S"  # in the Flask app's config
+
+
+class ShedLateRequests:
+    """WSGI middleware: a predict request that waited too long for a thread gets its 503
+    here, without Flask; everything else goes to the app."""
+
+    def __init__(self, app: Any, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        waited = admission.waited_s()
+        if waited <= self.timeout_s or not environ.get("PATH_INFO", "").endswith("/predict"):
+            return self.app(environ, start_response)
+        metrics.ERRORS.labels(ServiceUnavailable.type).inc()
+        body = json.dumps({"code": 503, "type": ServiceUnavailable.type, "message": (
+            f"the server is overloaded (this request waited {waited:.1f}s for a frontend "
+            "thread); retry"), "request_id": ""}).encode()
+        start_response("503 Service Unavailable", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("Retry-After", "1")])
+        return [body]
 
 
 def _peek(sock: socket.socket) -> bytes:

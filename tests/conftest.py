@@ -17,6 +17,9 @@ SAMPLE_MODELS = Path(os.environ.get("MXSERVE_SAMPLE_MODELS", ROOT / "sample-mode
 DATA = Path(__file__).resolve().parent / "data"
 
 sys.path.insert(0, str(ROOT / "scripts"))
+# Servers the tests start other than through tests/server_harness.Server (which gives each
+# a free management port) get no management listener, so none of them fights over 8081.
+os.environ.setdefault("MXSERVE_MANAGEMENT_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,9 @@ class Server:
                  env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        if "--management-port" not in extra:  # two servers at once must not share 8081
+            self.management_port = free_port()
+            extra = (*extra, "--management-port", str(self.management_port))
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mxserve-test-{self.port}.log"
         self.log = open(self.log_path, "wb")

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import zmq
 
+from common import metrics
 from common.archive import ModelArchive, load_archive
 from common.config import Config, batching_for, load_config, parse_model_spec, service_for
 from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
@@ -47,6 +48,9 @@ log = logging.getLogger("broker")
 LIVENESS = 3  # missed heartbeats before an idle worker is presumed dead
 HOUSEKEEPING_S = 0.05  # reaping, expiry, heartbeats: 20 times a second is plenty
 OVERRUN_GRACE_S = 1.0  # a batch may run this long past its last deadline before the kill
+# On stop, workers get SIGTERM and this long before SIGKILL: an idle one exits at once, and
+# one still inside a forward after the drain deadline has had its requests answered already.
+WORKER_STOP_S = 3.0
 
 
 @dataclass
@@ -95,6 +99,7 @@ class Broker:
         self.draining = False
         self.drain_deadline = 0.0
         self.stop_requested = False
+        metrics.forget_dead_processes()  # a previous broker's gauges, if it was killed
         archives = self._load_archives(run_dir / "models")
         for name, model in self.models.items():
             batching = batching_for(config, name)
@@ -182,6 +187,7 @@ class Broker:
                     self.expire(now)
                     self.purge_silent_workers(now)
                     self.kill_stuck_loads(now)
+                    self.update_gauges()
                     self.heartbeat(now)
                     if not self.draining:
                         self.pool.start_due(now)
@@ -206,7 +212,7 @@ class Broker:
             for pending in worker.batch.values():
                 self._fail(pending, ServiceUnavailable("the server is shutting down"))
             self._send_worker(worker.identity, Message(Kind.DISCONNECT))
-        self.pool.stop(timeout_s=10.0)
+        self.pool.stop(timeout_s=WORKER_STOP_S)
         self.frontends.close(linger=200)
         self.backend.close(linger=0)
         self.context.term()
@@ -335,6 +341,8 @@ class Broker:
 
     def reap_children(self, now: float) -> None:
         for managed, pid, code in self.pool.reap(now):
+            if managed.restart_at is not None:
+                metrics.WORKER_RESTARTS.labels(managed.spec.model).inc()
             for worker in list(self.workers.values()):
                 if worker.pid == pid:
                     self._remove_worker(worker, f"exit code {code}")
@@ -346,6 +354,15 @@ class Broker:
             elif not self.models[managed.spec.model].workers:
                 self._fail_queue(self.models[managed.spec.model],
                                  ServiceUnavailable("no worker is ready for this model"))
+
+    def update_gauges(self) -> None:
+        """Queue depths and ready workers, for /metrics (every housekeeping tick: cheap,
+        and never on the per-request path)."""
+        for name, model in self.models.items():
+            metrics.QUEUE_DEPTH.labels(name).set(len(model.queue))
+            metrics.WORKERS_READY.labels(name).set(len(model.workers))
+            metrics.WORKERS_PLANNED.labels(name).set(self.pool.total(name) if model.archive
+                                                     else 0)
 
     def kill_stuck_loads(self, now: float) -> None:
         """A worker still not READY after model_load_timeout_s is killed. If its model has
@@ -469,6 +486,7 @@ class Broker:
                 worker.batch = {p.item.id: p for p in batch}
                 model.batches += 1
                 model.batched += len(batch)
+                metrics.BATCH_SIZE.labels(name).observe(len(batch))
                 worker.batch_started = now
                 worker.batch_deadline = max(p.deadline for p in batch) + OVERRUN_GRACE_S
                 if not self._send_worker(identity, Message(Kind.REQUEST, {"model": name}, items)):

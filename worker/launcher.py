@@ -38,9 +38,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common.config import SETTINGS, Config, ConfigError, load_config
+from common.config import Config, ConfigError, add_arguments, load_config
 from common.errors import EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK
-from common.logs import setup_logging
+from common.logs import LogRotator, setup_logging
 from worker.broker import endpoints
 from worker.pool import spawn
 
@@ -57,17 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mxserve start", description="Serve models: broker, workers and gunicorn.",
         argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", help="TOML file of settings (see docs/configuration.md)")
-    for setting in SETTINGS:
-        kwargs: dict[str, Any] = {"help": f"{setting.help} (default: {setting.default!r}; "
-                                          f"env {setting.env})", "dest": setting.name}
-        if setting.type is list:
-            kwargs["nargs"] = "+"
-        elif setting.type is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = setting.type
-        parser.add_argument(setting.flag, **kwargs)
+    add_arguments(parser)
     return parser
 
 
@@ -87,6 +77,67 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     setup_logging(config.log_level, config.log_file, "mxserve")
     return Launcher(config).run()
+
+
+WORKER_CLASS = "frontend.gunicorn_worker.ModelServerThreadWorker"
+
+
+def metrics_dir(run_dir: str) -> str:
+    """An empty folder for this instance's prometheus_client files (common/metrics.py):
+    emptied at every start, since counters of an earlier run must not add up."""
+    path = Path(run_dir) / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return str(path)
+
+
+def binds(c: Config) -> list[str]:
+    """gunicorn's listeners: host:port, and the unix socket nginx proxies to, if set."""
+    addresses = [f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"]
+    if c.unix_socket:
+        addresses.append(f"unix:{c.unix_socket}")
+    if c.management_port:
+        host = c.management_host
+        addresses.append(f"[{host}]:{c.management_port}" if ":" in host
+                         else f"{host}:{c.management_port}")
+    return addresses
+
+
+def gunicorn_argv(c: Config) -> list[str]:
+    """The gunicorn command line for a configuration (its run_dir must be set)."""
+    return [sys.executable, "-m", "gunicorn", "--worker-class", WORKER_CLASS,
+            "--workers", str(c.frontend_workers), "--threads", str(c.frontend_threads),
+            *[arg for bind in binds(c) for arg in ("--bind", bind)],
+            "--timeout", str(int(c.gunicorn_timeout_s)),
+            "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
+            "--error-logfile", c.log_file or "-", "--log-level", c.log_level.lower(),
+            "--control-socket", os.path.join(c.run_dir, "gunicorn.ctl"),
+            "frontend.app:create_app()"]
+
+
+def frontend_main(argv: list[str] | None = None) -> int:
+    """`mxserve frontend`: gunicorn alone, for supervisors that run the broker and the
+    frontends as separate programs (supervisord.conf). Configured like `mxserve start`;
+    MXSERVE_RUN_DIR must name the broker's run directory (its ipc sockets)."""
+    parser = argparse.ArgumentParser(prog="mxserve frontend", description=frontend_main.__doc__,
+                                     argument_default=argparse.SUPPRESS)
+    add_arguments(parser)
+    args = vars(parser.parse_args(argv))
+    config_file = args.pop("config", None)
+    try:
+        config = load_config(args, config_file)
+        if not config.run_dir:
+            raise ConfigError("run_dir must be set (the broker's run directory)")
+    except ConfigError as exc:
+        print(f"mxserve frontend: error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    frontend, workers = endpoints(config, Path(config.run_dir))
+    config = config.replace(broker_frontend=frontend, broker_workers=workers)
+    env = {**os.environ, **config.to_env()}
+    env.pop("MXSERVE_CONFIG", None)
+    argv_ = gunicorn_argv(config)
+    os.execve(argv_[0], argv_, env)  # supervisord then signals gunicorn itself
+    return EXIT_CRASH  # not reached: execve replaces this process or raises
 
 
 class ForkedGunicorn:
@@ -154,6 +205,8 @@ class Launcher:
         self.config = config.replace(run_dir=run_dir, broker_frontend=frontend,
                                      broker_workers=workers)
         self.stop_requested = False
+        self.rotator = (LogRotator(config.log_file, config.log_rotation_time)
+                        if config.log_file and config.log_rotation_time else None)
         self.broker: subprocess.Popen | None = None
         self.gunicorn: subprocess.Popen | ForkedGunicorn | None = None
 
@@ -168,7 +221,8 @@ class Launcher:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        env = {**os.environ, **self.config.to_env()}
+        env = {**os.environ, **self.config.to_env(),
+               "PROMETHEUS_MULTIPROC_DIR": metrics_dir(self.config.run_dir)}
         env.pop("MXSERVE_CONFIG", None)  # children get the merged result, not the file again
         self.child_env = env
         try:
@@ -187,28 +241,15 @@ class Launcher:
         return code
 
     def _gunicorn_argv(self) -> list[str]:
-        c = self.config
-        binds = [arg for bind in self._binds() for arg in ("--bind", bind)]
-        return [sys.executable, "-m", "gunicorn",
-                "--worker-class", "frontend.gunicorn_worker.ModelServerThreadWorker",
-                "--workers", str(c.frontend_workers), "--threads", str(c.frontend_threads),
-                *binds, "--timeout", str(int(c.gunicorn_timeout_s)),
-                "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
-                "--error-logfile", c.log_file or "-", "--log-level", c.log_level.lower(),
-                "--control-socket", os.path.join(c.run_dir, "gunicorn.ctl"),
-                "frontend.app:create_app()"]
+        return gunicorn_argv(self.config)
 
     def _binds(self) -> list[str]:
-        c = self.config
-        binds = [f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"]
-        if c.unix_socket:
-            binds.append(f"unix:{c.unix_socket}")
-        return binds
+        return binds(self.config)
 
     def _gunicorn_options(self) -> dict[str, Any]:
         c = self.config
         return {"bind": self._binds(),
-                "worker_class": "frontend.gunicorn_worker.ModelServerThreadWorker",
+                "worker_class": WORKER_CLASS,
                 "workers": c.frontend_workers,
                 "threads": c.frontend_threads, "timeout": int(c.gunicorn_timeout_s),
                 "graceful_timeout": int(c.drain_timeout_s), "keepalive": 5,
@@ -298,6 +339,10 @@ class Launcher:
                 self.broker = spawn([sys.executable, "-m", "worker.broker"], self.child_env)
                 backoff_s = min(backoff_s * 2, BROKER_BACKOFF_MAX_S)
                 continue
+            if self.rotator is not None and self.rotator.tick():
+                log.info("log file rotated")
+                if self.gunicorn is not None:  # gunicorn's own log reopens on SIGUSR1
+                    self.gunicorn.send_signal(signal.SIGUSR1)
             if time.monotonic() - stable_since > BROKER_STABLE_S:
                 backoff_s = BROKER_BACKOFF_START_S
             code = self._children_alive(watch_broker=False)

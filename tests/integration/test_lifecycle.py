@@ -63,6 +63,32 @@ def test_sigterm_turns_readiness_off_first_then_finishes_in_flight_requests(samp
     assert wait_gone(tree, 10) == set(), "processes outlived mxserve start"
 
 
+def test_sigterm_drain_is_bounded_by_drain_timeout(sample_models):
+    """A request still running at the drain deadline is answered 503, and everything exits
+    within drain_timeout_s + the stop margins, not when the model finally returns."""
+    server = Server([f"faulty={sample_models['noop']}"],
+                    "--services", f"faulty={ROOT / 'tests' / 'data' / 'services' / 'faulty.py'}",
+                    "--drain-timeout-s", "2", "--request-timeout-s", "25")
+    server.wait_ready()
+    tree = descendants(server.process.pid)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(requests.post, f"{server.url}/faulty/predict",
+                           data={"data": "[[20, 0, 0, 0]]"}, timeout=60)
+        time.sleep(1.0)
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        response = slow.result()
+        answered_s = time.monotonic() - signalled
+    assert response.status_code == 503 and "shutting down" in response.json()["message"]
+    assert server.process.wait(30) == 0
+    stopped_s = time.monotonic() - signalled
+    server.log.close()
+    assert wait_gone(tree, 10) == set(), "processes outlived mxserve start"
+    print(f"drain 2 s: in-flight request answered 503 after {answered_s:.1f}s, "
+          f"stopped after {stopped_s:.1f}s")
+    assert 1.5 < answered_s < 4.0 and stopped_s < 2 + 3 + 3
+
+
 def test_sigkill_of_the_launcher_takes_every_child_down(sample_models):
     server = Server([f"digits={sample_models['digits']}"])
     server.wait_ready()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import mxnet as mx
@@ -196,3 +197,53 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, referenc
 def test_oversized_body_is_a_json_413(server):
     response = predict(server, "digits", files={"data": b"\xff\xd8\xff" + b"\0" * 7_000_000})
     assert_error(response, 413, "PayloadTooLarge")
+
+
+def test_one_access_log_line_per_request_with_its_id_and_timings_never_the_payload(server,
+                                                                                     reference):
+    image = (reference / "images" / "digit_6.jpg").read_bytes()
+    response = requests.post(f"{server.url}/mms04_digits/predict", files={"data": image},
+                             headers={"X-Request-Id": "trace-42 x"}, timeout=30)
+    assert response.status_code == 200 and response.headers["X-Request-Id"] == "trace-42 x"
+    bad = requests.post(f"{server.url}/digits_mlp/predict", data={"data": "[[1, 2, 3]]"},
+                        headers={"X-Request-Id": "trace-43"}, timeout=30)
+    assert bad.status_code == 400
+    time.sleep(0.2)
+    lines = [line for line in server.log_text().splitlines() if "access:" in line]
+    [ok] = [line for line in lines if 'request_id="trace-42 x"' in line]
+    assert "method=POST path=/mms04_digits/predict model=mms04_digits status=200" in ok
+    assert "batch=" in ok and "queue_ms=" in ok and "inference_ms=" in ok and "total_ms=" in ok
+    assert "wire_id=" in ok
+    [refused] = [line for line in lines if "request_id=trace-43 " in line]
+    assert "status=400" in refused and "model=digits_mlp" in refused
+    assert "[[1, 2, 3]]" not in server.log_text()  # payloads are never logged
+
+
+def test_metrics_on_the_management_listener_add_up_across_processes(server, reference):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert_error(requests.get(server.url + "/metrics", timeout=10), 404, "ModelNotFound")
+    image = (reference / "images" / "digit_1.jpg").read_bytes()
+    for _ in range(4):  # over several connections: both frontend processes answer some
+        assert predict(server, "mms04_digits", files={"data": image}).status_code == 200
+    assert predict(server, "digits_mlp", data={"data": "[[1]]"}).status_code == 400
+    response = requests.get(f"http://127.0.0.1:{server.management_port}/metrics", timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith(
+        "text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    ok = samples[("mxserve_predictions_total", (("model", "mms04_digits"),
+                                                ("status_class", "2xx")))]
+    assert ok >= 4
+    assert samples[("mxserve_predictions_total", (("model", "digits_mlp"),
+                                                  ("status_class", "4xx")))] >= 1
+    assert samples[("mxserve_errors_total", (("type", "InvalidInput"),))] >= 1
+    assert ("mxserve_errors_total", (("type", "DeadlineExceeded"),)) in samples  # all types
+    # Recorded by the broker process, read by whichever frontend answered the scrape.
+    assert samples[("mxserve_batch_size_count", (("model", "mms04_digits"),))] >= 4
+    assert samples[("mxserve_workers_ready", (("model", "mms04_digits"),))] == 1
+    assert samples[("mxserve_inference_seconds_count", (("model", "mms04_digits"),))] >= 4
+    assert samples[("mxserve_host_memory_bytes", (("kind", "total"),))] > 0
+    assert ("mxserve_host_cpu_seconds_total", (("mode", "idle"),)) in samples

@@ -119,6 +119,17 @@ def test_too_many_entries_is_refused(reference, sandbox):
                    ExtractionLimits(max_entries=10))
 
 
+def test_100000_entries_are_refused_from_the_directory_without_extracting(reference, sandbox):
+    import time
+
+    entries = list(reference_entries(reference).items())
+    entries += [(f"extra/{i}.txt", b"") for i in range(100_000)]
+    archive = write_zip(sandbox / "outside" / "many.model", entries)
+    started = time.monotonic()
+    assert_refused(sandbox, archive, "100006 entries, more than the limit of 1000")
+    assert time.monotonic() - started < 5.0
+
+
 def test_total_size_cap_is_enforced(reference, sandbox):
     archive = write_zip(sandbox / "outside" / "big.model",
                         list(reference_entries(reference).items()))

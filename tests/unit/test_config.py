@@ -1,6 +1,8 @@
 """Settings: precedence CLI > env > file > defaults, validation, the timeout ladder."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from common.config import ConfigError, load_config
@@ -77,3 +79,28 @@ def test_per_model_service_overrides():
     assert service_for(config, "other") == ("/srv/all.py", "")
     with pytest.raises(ConfigError, match="services"):
         load_config({"services": ["digits=service.txt"]}, env={})
+
+
+def test_docs_configuration_table_is_generated_from_the_settings():
+    from pathlib import Path
+
+    from common.config import markdown_table
+
+    text = (Path(__file__).resolve().parent.parent.parent / "docs" / "configuration.md").read_text()
+    table = text.split("<!-- settings: begin -->\n")[1].split("<!-- settings: end -->")[0]
+    assert table == markdown_table(), "regenerate it: mxserve config --markdown"
+
+
+def test_show_is_a_toml_file_that_loads_back_to_the_same_config(tmp_path):
+    import tomllib
+
+    from common.config import load_config, show
+
+    config = load_config({"max_batch_size": 4, "models": ["a=b.model"], "jpeg_draft": True},
+                         env={"MXSERVE_HOST": "::1"})
+    text = show(config)
+    assert re.search(r'^host +=  ?"::1"  # env$', text, re.M), text
+    assert re.search(r"^max_batch_size += 4  # cli$", text, re.M), text
+    (tmp_path / "c.toml").write_text(text)
+    assert load_config({}, str(tmp_path / "c.toml"), env={}).values == config.values
+    assert tomllib.loads(text)["models"] == ["a=b.model"]

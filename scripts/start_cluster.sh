@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# mxserve under supervisord: the broker (one worker per GPU, pinned; CPU workers with
+# --gpus 0) and the gunicorn frontends as two supervised programs (supervisord.conf).
+#
+#   scripts/start_cluster.sh start --gpus N --models name=archive ... [--any-mxserve-flag V]
+#   scripts/start_cluster.sh status | stop | restart
+#
+# Settings go to both programs as MXSERVE_* variables (docs/configuration.md): --port 8080
+# becomes MXSERVE_PORT=8080. The run directory ($MXSERVE_RUN_DIR, default
+# /tmp/mxserve-cluster) holds ipc sockets, extracted archives, supervisord's socket and the
+# logs; the settings of the last `start` are kept there for `restart`.
+# `start` waits until /ping answers 200 (exit 0) or a program exits (exit 1; bad config and
+# "no model can load" are not restart-looped), bounded by --wait seconds (default 300).
+set -euo pipefail
+home="$(cd "$(dirname "$0")/.." && pwd)"
+python="${MXSERVE_PYTHON:-$home/.venv/bin/python}"
+run_dir="${MXSERVE_RUN_DIR:-/tmp/mxserve-cluster}"
+supervisord="$(dirname "$python")/supervisord"
+supervisorctl="$(dirname "$python")/supervisorctl"
+export MXSERVE_HOME="$home" MXSERVE_PYTHON="$python" MXSERVE_RUN_DIR="$run_dir"
+export MXSERVE_STOP_WAIT_S="${MXSERVE_STOP_WAIT_S:-35}"  # start sets it from drain_timeout_s
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+ctl() { "$supervisorctl" -c "$home/supervisord.conf" "$@"; }
+running() { [ -S "$run_dir/supervisor.sock" ] && ctl pid >/dev/null 2>&1; }
+
+save_settings() {  # --flag value ... -> export MXSERVE_FLAG=value lines in settings.env
+  local key value
+  : > "$run_dir/settings.env.new"
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --wait) printf 'wait_s=%q\n' "$2" >> "$run_dir/settings.env.new"; shift 2; continue ;;
+      --*) key="MXSERVE_$(echo "${1#--}" | tr 'a-z-' 'A-Z_')"; shift ;;
+      *) echo "start_cluster.sh: unexpected argument $1" >&2; exit 2 ;;
+    esac
+    value=""
+    while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do value="${value:+$value }$1"; shift; done
+    printf 'export %s=%q\n' "$key" "$value" >> "$run_dir/settings.env.new"
+  done
+  mv "$run_dir/settings.env.new" "$run_dir/settings.env"
+}
+
+start() {
+  local wait_s=300
+  # shellcheck disable=SC1091
+  . "$run_dir/settings.env"
+  # Refuse a bad configuration here, with its message, before supervisord starts anything.
+  "$python" -m common.cli config --show > "$run_dir/effective-config.toml"
+  local drain port
+  drain="$(awk -F' *= *' '/^drain_timeout_s/ {print int($2)}' "$run_dir/effective-config.toml")"
+  port="$(awk -F' *= *' '/^port/ {print $2; exit}' "$run_dir/effective-config.toml" | cut -d' ' -f1)"
+  host="$(awk -F' *= *' '/^host/ {print $2; exit}' "$run_dir/effective-config.toml" | cut -d'"' -f2)"
+  export MXSERVE_STOP_WAIT_S=$(( drain + 15 ))  # above the broker's drain + worker stop
+  # Every process's metrics files (common/metrics.py), emptied: counters start at 0.
+  export PROMETHEUS_MULTIPROC_DIR="$run_dir/metrics"
+  rm -rf "$PROMETHEUS_MULTIPROC_DIR"; mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+  "$supervisord" -c "$home/supervisord.conf"
+  local deadline=$(( $(date +%s) + wait_s )) url="http://$host:$port"
+  [[ "$host" == *:* ]] && url="http://[$host]:$port"
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    if curl -sf -o /dev/null "$url/ping"; then
+      echo "mxserve cluster serving on $url (supervisord in $run_dir)"; ctl status; return 0
+    fi
+    ctl status > "$run_dir/status.txt" 2>&1 || true  # non-zero while any is not RUNNING
+    if grep -qE 'EXITED|FATAL|BACKOFF' "$run_dir/status.txt"; then
+      echo "start_cluster.sh: a program stopped; see $run_dir/*.log" >&2
+      cat "$run_dir/status.txt" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "start_cluster.sh: not ready after ${wait_s}s; see $run_dir/*.log" >&2; return 1
+}
+
+stop() {
+  running || { echo "mxserve cluster is not running"; return 0; }
+  ctl shutdown  # stops the programs (broker first: it drains) and supervisord
+  while [ -e "$run_dir/supervisord.pid" ] && kill -0 "$(cat "$run_dir/supervisord.pid")" 2>/dev/null; do
+    sleep 0.2
+  done
+}
+
+[ $# -ge 1 ] || usage
+command="$1"; shift
+mkdir -p "$run_dir"; chmod 700 "$run_dir"
+case "$command" in
+  start)
+    running && { echo "mxserve cluster already running (scripts/start_cluster.sh status)" >&2; exit 1; }
+    save_settings "$@"
+    start ;;
+  stop) stop ;;
+  status) running || { echo "mxserve cluster is not running"; exit 3; }; ctl status ;;
+  restart)
+    [ -r "$run_dir/settings.env" ] || { echo "start_cluster.sh: no earlier start to repeat" >&2; exit 2; }
+    stop
+    start ;;
+  *) usage ;;
+esac
