@@ -78,6 +78,12 @@ SETTINGS: tuple[Setting, ...] = (
             "listener)", _non_negative),
     Setting("management_token", str, "", "bearer token the management listener requires "
             "(compared in constant time, never logged)"),
+    Setting("model_url_allowlist", list, [], "URL prefixes POST /models may download "
+            "archives from (e.g. https://models.example.com/); empty: local paths only"),
+    Setting("max_archive_bytes", int, 2 * 1024**3, "largest archive POST /models downloads",
+            _positive),
+    Setting("model_download_timeout_s", float, 60.0, "connect and read timeout of an archive "
+            "download", _positive),
     Setting("unix_socket", str, "", "also serve HTTP on this unix socket (nginx's upstream, "
             "see `mxserve nginx-conf`)"),
     Setting("gpus", int, 0, "number of GPUs: one worker per GPU per model (0: CPU workers)",

@@ -10,7 +10,6 @@ log with the request id, never to the client. Each response carries X-Request-Id
 from __future__ import annotations
 
 import functools
-import hmac
 import itertools
 import json
 import logging
@@ -25,14 +24,15 @@ from werkzeug.exceptions import HTTPException
 
 from common.config import FRONTEND_WAIT_MARGIN_S, Config, load_config
 from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
-                           MXServeError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+                           MXServeError, PayloadTooLarge, ServiceUnavailable,
                            UnsupportedMediaType)
 from common.logs import setup_logging
 from common import metrics
-from frontend.admission import listener, waited_s
+from frontend.admission import waited_s
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
 from frontend.decode import Field, Limits, decode_inputs, warm_up
+from frontend.management import add_management_routes
 from frontend.openapi import build_spec
 
 log = logging.getLogger("frontend")
@@ -152,22 +152,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
                          _json_view(endpoint.view), methods=[endpoint.method.upper()])
         extra_paths.setdefault(endpoint.path, {})[endpoint.method] = endpoint.operation
 
-    def on_management_listener() -> bool:
-        address = listener()
-        return (bool(config.management_port) and isinstance(address, tuple)
-                and address[1] == config.management_port)
-
-    @app.get("/metrics")
-    def prometheus_metrics() -> Any:
-        """Management listener only: on the public one this route does not exist (404)."""
-        if not on_management_listener():
-            raise ModelNotFound("no such route on this listener (see /api-description)")
-        if config.management_token:
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), config.management_token.encode()):
-                raise Unauthorized("the management API needs the bearer token "
-                                   "(Authorization: Bearer ...)")
-        return Response(metrics.render(), mimetype=metrics.CONTENT_TYPE)
+    add_management_routes(app, config, client, catalog)
 
     @app.get("/api-description")
     def api_description() -> Any:

@@ -108,6 +108,15 @@ class BrokerClient:
             raise _error(fields["error"])
         return fields.get("result"), reply.fields
 
+    def manage(self, op: str, fields: Mapping[str, Any], timeout_s: float) -> Any:
+        """A management operation (register, unregister, scale); its result or its error."""
+        reply = self.call(Kind.MANAGE, {}, Item(uuid.uuid4().hex, {"op": op, **fields}),
+                          timeout_s)
+        answer = reply.items[0].fields
+        if "error" in answer:
+            raise _error(answer["error"])
+        return answer.get("result")
+
     def catalog(self, timeout_s: float) -> dict[str, Any]:
         reply = self.call(Kind.CATALOG, {}, Item(uuid.uuid4().hex), timeout_s)
         return reply.items[0].fields["result"]

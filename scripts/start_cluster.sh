@@ -72,12 +72,16 @@ start() {
   echo "start_cluster.sh: not ready after ${wait_s}s; see $run_dir/*.log" >&2; return 1
 }
 
+alive() {  # a live (not zombie) process: a daemon's zombie may never be reaped here
+  [ -r "/proc/$1/stat" ] && ! awk '{ exit ($3 != "Z") }' "/proc/$1/stat"
+}
+
 stop() {
   running || { echo "mxserve cluster is not running"; return 0; }
+  local pid deadline=$(( $(date +%s) + 120 ))
+  pid="$(cat "$run_dir/supervisord.pid")"
   ctl shutdown  # stops the programs (broker first: it drains) and supervisord
-  while [ -e "$run_dir/supervisord.pid" ] && kill -0 "$(cat "$run_dir/supervisord.pid")" 2>/dev/null; do
-    sleep 0.2
-  done
+  while alive "$pid" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
 }
 
 [ $# -ge 1 ] || usage

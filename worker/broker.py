@@ -75,6 +75,7 @@ class WorkerState:
     batch: dict[str, Pending] = field(default_factory=dict)
     batch_started: float = 0.0
     batch_deadline: float = 0.0
+    retiring: bool = False  # scaled down: finishes its batch, gets no other
 
 
 @dataclass
@@ -88,6 +89,7 @@ class ModelState:
     idle: deque[bytes] = field(default_factory=deque)
     workers: set[bytes] = field(default_factory=set)
     error: str = ""
+    removing: bool = False  # unregistered: draining, then its workers stop and it is gone
 
 
 class Broker:
@@ -187,6 +189,7 @@ class Broker:
                     self.expire(now)
                     self.purge_silent_workers(now)
                     self.kill_stuck_loads(now)
+                    self.finish_removals()
                     self.update_gauges()
                     self.heartbeat(now)
                     if not self.draining:
@@ -319,12 +322,15 @@ class Broker:
         for pending in worker.batch.values():
             self._fail(pending, ServiceUnavailable("the worker answered without this request"))
         worker.batch = {}
-        self.models[worker.model].idle.append(worker.identity)
+        if not worker.retiring:
+            self.models[worker.model].idle.append(worker.identity)
 
     def _remove_worker(self, worker: WorkerState, why: str) -> None:
         """Forget a worker; its batch goes back to the head of the queue once."""
         self.workers.pop(worker.identity, None)
-        model = self.models[worker.model]
+        model = self.models.get(worker.model)
+        if model is None:  # its model was unregistered meanwhile
+            return
         model.workers.discard(worker.identity)
         if worker.identity in model.idle:
             model.idle.remove(worker.identity)
@@ -341,11 +347,13 @@ class Broker:
 
     def reap_children(self, now: float) -> None:
         for managed, pid, code in self.pool.reap(now):
-            if managed.restart_at is not None:
-                metrics.WORKER_RESTARTS.labels(managed.spec.model).inc()
             for worker in list(self.workers.values()):
                 if worker.pid == pid:
                     self._remove_worker(worker, f"exit code {code}")
+            if managed.retired or managed.spec.model not in self.models:
+                continue
+            if managed.restart_at is not None:
+                metrics.WORKER_RESTARTS.labels(managed.spec.model).inc()
             if managed.spec.model in self.pool.failed:
                 model = self.models[managed.spec.model]
                 model.error = self.pool.failed[managed.spec.model]
@@ -354,6 +362,114 @@ class Broker:
             elif not self.models[managed.spec.model].workers:
                 self._fail_queue(self.models[managed.spec.model],
                                  ServiceUnavailable("no worker is ready for this model"))
+
+    # -- management (MANAGE from a frontend's management listener) ------------------------
+
+    def _on_manage(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """register / unregister / scale; the reply item's fields: a result or an error."""
+        try:
+            op = fields.get("op")
+            name = str(fields.get("name", ""))
+            if op == "register":
+                result = self._register(name, fields)
+            elif op == "unregister":
+                result = self._unregister(name)
+            elif op == "scale":
+                result = self._scale(name, fields)
+            else:
+                raise InvalidInput(f"unknown management operation {op!r}")
+        except MXServeError as exc:
+            return {"error": {"type": exc.type, "message": exc.message}}
+        return {"result": result}
+
+    def _known(self, name: str) -> ModelState:
+        model = self.models.get(name)
+        if model is None or model.removing:
+            raise ModelNotFound(f"model {name!r} is not registered")
+        return model
+
+    def _register(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """An archive the management listener has already extracted (the broker's loop
+        never unzips): read its folder, then start its workers."""
+        if name in self.models:
+            raise InvalidInput(f"a model named {name!r} is already registered"
+                               + (" (still being removed)" if self.models[name].removing
+                                  else ""))
+        archive = load_archive(str(fields["folder"]), name=name)
+        batching = batching_for(self.config, name)
+        model = ModelState(archive=archive,
+                           max_batch_size=int(fields.get("max_batch_size")
+                                              or batching.max_batch_size),
+                           max_batch_delay_s=float(fields.get("max_batch_delay_ms",
+                                                              batching.max_batch_delay_ms))
+                           / 1000.0)
+        self.models[name] = model
+        self.pool.add(name, self._plan(name, fields.get("workers")), archive.root,
+                      model.max_batch_size, service_for(self.config, name))
+        log.info("registered model %s from %s", name, archive.root)
+        return self.catalog()["models"][name]
+
+    def _plan(self, name: str, workers: Any) -> list[Any]:
+        count = int(workers) if workers else self.config.workers_per_model
+        if count < 1 or count > 64:
+            raise InvalidInput("workers must be between 1 and 64")
+        if self.config.gpus or self.config.gpu >= 0:
+            return plan_workers([name], self.config.gpus, self.config.gpu)
+        threads = self.config.threads_per_worker or max(
+            1, (os.cpu_count() or 1) // max(1, len(self.pool.workers) + count))
+        return plan_workers([name], workers_per_model=count, threads_per_worker=threads)
+
+    def _unregister(self, name: str) -> dict[str, Any]:
+        """Refuse new requests (404), let queued and running ones finish, then stop its
+        workers (finish_removals)."""
+        model = self._known(name)
+        model.removing = True
+        log.info("unregistering model %s: %d queued, draining", name, len(model.queue))
+        return {"name": name, "status": "removing"}
+
+    def finish_removals(self) -> None:
+        for name, model in list(self.models.items()):
+            busy = any(self.workers[w].batch for w in model.workers if w in self.workers)
+            if not model.removing or model.queue or busy:
+                continue
+            for identity in list(model.workers):
+                self.workers.pop(identity, None)
+            self.pool.retire(name)
+            del self.models[name]
+            log.info("model %s removed", name)
+
+    def _scale(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        model = self._known(name)
+        if fields.get("max_batch_size") is not None:
+            size = int(fields["max_batch_size"])
+            if size < 1:
+                raise InvalidInput("max_batch_size must be >= 1")
+            # Running workers bound their executors up to their launch size: a larger size
+            # applies to workers started from now on.
+            model.max_batch_size = size
+            self.pool.max_batch_size[name] = size
+        if fields.get("max_batch_delay_ms") is not None:
+            delay = float(fields["max_batch_delay_ms"])
+            if delay < 0:
+                raise InvalidInput("max_batch_delay_ms must be >= 0")
+            model.max_batch_delay_s = delay / 1000.0
+        if fields.get("workers") is not None:
+            wanted, current = int(fields["workers"]), self.pool.total(name)
+            if wanted < 1 or wanted > 64:
+                raise InvalidInput("workers must be between 1 and 64")
+            if wanted > current:
+                self.pool.add(name, self._plan(name, wanted - current))
+            elif wanted < current:
+                idle = frozenset(self.workers[i].pid for i in model.idle if i in self.workers)
+                for pid in self.pool.retire(name, current - wanted, prefer=idle):
+                    for worker in self.workers.values():
+                        if worker.pid == pid:
+                            worker.retiring = True
+                            if worker.identity in model.idle:
+                                model.idle.remove(worker.identity)
+        log.info("model %s: %d worker(s), batches of %d, delay %.1f ms", name,
+                 self.pool.total(name), model.max_batch_size, model.max_batch_delay_s * 1000)
+        return self.catalog()["models"][name]
 
     def update_gauges(self) -> None:
         """Queue depths and ready workers, for /metrics (every housekeeping tick: cheap,
@@ -399,6 +515,9 @@ class Broker:
             elif message.kind == Kind.CATALOG:
                 self._send_frontend(identity, Message(Kind.REPLY, {}, [
                     Item(item.id, {"result": self.catalog()})]))
+            elif message.kind == Kind.MANAGE:
+                self._send_frontend(identity, Message(Kind.REPLY, {}, [
+                    Item(item.id, self._on_manage(item.fields))]))
 
     def _on_request(self, frontend: bytes, message: Message, item: Item) -> None:
         now = time.monotonic()
@@ -411,6 +530,8 @@ class Broker:
             return self._fail(pending, ModelNotFound(f"model {name!r} is not loaded"))
         if self.draining:
             return self._fail(pending, ServiceUnavailable("the server is shutting down"))
+        if model.removing:
+            return self._fail(pending, ModelNotFound(f"model {name!r} is being removed"))
         if model.archive is None or not model.workers:
             reason = model.error or "no worker is ready for this model"
             return self._fail(pending, ServiceUnavailable(f"model {name}: {reason}"))
@@ -437,7 +558,8 @@ class Broker:
                 "mean_batch_size": round(model.batched / model.batches, 3) if model.batches
                 else 0.0,
                 "queue": len(model.queue),
-                "status": ("failed" if model.error or archive is None
+                "status": ("removing" if model.removing
+                           else "failed" if model.error or archive is None
                            else "ready" if model.workers else "loading"),
                 "error": model.error,
             }

@@ -15,6 +15,7 @@ model is failed with the reason, the other models keep serving.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # a worker up this long has its backoff reset
+_generations = itertools.count(1000)  # workers added later get identities never used before
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class ManagedWorker:
     backoff_s: float = BACKOFF_START_S
     restart_at: float | None = 0.0  # None: not to be started (failed, or stopping)
     ready: bool = False  # this process said READY at least once
+    retired: bool = False  # scaled down or unregistered: stopped for good, then forgotten
     exit_codes: list[int] = field(default_factory=list)
 
     @property
@@ -124,6 +127,46 @@ class WorkerPool:
             due = worker.restart_at is not None and now >= worker.restart_at
             if worker.process is None and due:
                 self._start(worker, now)
+
+    def add(self, model: str, specs: list[WorkerSpec], archive: Path | None = None,
+            max_batch_size: int | None = None, service: tuple[str, str] | None = None
+            ) -> None:
+        """More workers (a registered model, or scaling up); started by `start_due`."""
+        if archive is not None:
+            self.archives[model] = archive
+        if max_batch_size is not None:
+            self.max_batch_size[model] = max_batch_size
+        if service is not None:
+            self.services[model] = service
+        self.failed.pop(model, None)
+        used = {w.spec.slot for w in self.workers if w.spec.model == model}
+        for spec in specs:
+            slot = next(i for i in range(len(used) + len(specs) + 1) if i not in used)
+            used.add(slot)
+            spec = WorkerSpec(model=model, slot=slot, gpu=spec.gpu, threads=spec.threads)
+            self.specs.append(spec)
+            self.workers.append(ManagedWorker(spec, generation=next(_generations)))
+
+    def retire(self, model: str, count: int | None = None,
+               prefer: frozenset[int] = frozenset()) -> list[int]:
+        """Stop `count` of the model's workers (all when None) for good: SIGTERM (a busy one
+        finishes its batch first), never restarted, forgotten once reaped. Workers whose
+        pid is in `prefer` (idle ones) go first. Returns the pids signalled."""
+        candidates = [w for w in self.workers if w.spec.model == model and not w.retired]
+        candidates.sort(key=lambda w: w.process is None or w.process.pid not in prefer)
+        pids = []
+        for worker in candidates if count is None else candidates[:count]:
+            worker.retired = True
+            worker.restart_at = None
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+                pids.append(worker.process.pid)
+        self._forget_stopped()
+        return pids
+
+    def _forget_stopped(self) -> None:
+        self.workers = [w for w in self.workers if not (w.retired and w.process is None)]
+        self.specs = [w.spec for w in self.workers]
 
     def _start(self, worker: ManagedWorker, now: float) -> None:
         worker.generation += 1
@@ -161,6 +204,9 @@ class WorkerPool:
             exited.append((worker, process.pid, code))
             worker.process = None
             worker.exit_codes.append(code)
+            if worker.retired:
+                log.info("worker %s (pid %d) stopped (%s)", worker.identity, process.pid, code)
+                continue
             if code == EXIT_MODEL_LOAD or worker.spec.model in self.failed:
                 self.failed.setdefault(worker.spec.model, "the model failed to load (see the "
                                        "worker log)")
@@ -174,6 +220,7 @@ class WorkerPool:
             log.warning("worker %s (pid %d) exited with %s; restarting in %.1fs",
                         worker.identity, process.pid, code, worker.backoff_s)
             worker.backoff_s = min(worker.backoff_s * 2, BACKOFF_MAX_S)
+        self._forget_stopped()
         return exited
 
     def mark_ready(self, pid: int) -> None:
@@ -184,7 +231,8 @@ class WorkerPool:
     def overdue(self, now: float, load_timeout_s: float) -> list[ManagedWorker]:
         """Running workers that have not said READY within load_timeout_s of starting."""
         return [w for w in self.workers if w.process is not None and not w.ready
-                and w.process.poll() is None and now - w.started_at > load_timeout_s]
+                and not w.retired and w.process.poll() is None
+                and now - w.started_at > load_timeout_s]
 
     def kill(self, pid: int) -> None:
         """SIGKILL a hung worker; `reap` then restarts it."""
@@ -193,7 +241,7 @@ class WorkerPool:
                 worker.process.kill()
 
     def total(self, model: str) -> int:
-        return sum(1 for w in self.workers if w.spec.model == model)
+        return sum(1 for w in self.workers if w.spec.model == model and not w.retired)
 
     def next_restart(self) -> float | None:
         due = [w.restart_at for w in self.workers if w.process is None and w.restart_at]

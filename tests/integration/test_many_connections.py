@@ -59,7 +59,7 @@ def test_1000_simultaneous_connections_get_200_or_503_and_ping_stays_fast(server
             status = requests.get(server.url + "/ping", timeout=10).status_code
             pings.append((status, time.monotonic() - started))
             ping_times.append(started)
-            time.sleep(0.05)
+            time.sleep(0.02)  # ~500 samples over the burst: a p99 worth the name
 
     pinger = threading.Thread(target=ping_loop)
     pinger.start()

@@ -12,8 +12,9 @@ from common.config import ConfigError, load_config
 def app_on(monkeypatch):
     def make(listener, **settings):
         import frontend.app as app_module
+        import frontend.management as management
 
-        monkeypatch.setattr(app_module, "listener", lambda: listener)
+        monkeypatch.setattr(management, "listener", lambda: listener)
         config = load_config({"broker_frontend": "ipc:///nonexistent", **settings}, env={})
         return app_module.create_app(config).test_client()
 

@@ -1,0 +1,154 @@
+"""The management API on the real stack: models registered (from a path or an allow-listed
+URL), scaled and removed while serving, without a restart; routes only on the management
+listener."""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import DATA
+from tests.integration.test_server_http import assert_error
+from tests.server_harness import Server, free_port
+
+
+@pytest.fixture(scope="module")
+def managed(sample_models, tmp_path_factory):
+    served = tmp_path_factory.mktemp("archives")
+    (served / "allowed").mkdir()
+    shutil.copy(sample_models["noop"], served / "allowed" / "noop.model")
+    shutil.copy(sample_models["noop"], served / "elsewhere.model")
+    files = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", free_port()),
+        functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    files_url = f"http://127.0.0.1:{files.server_address[1]}"
+    server = Server([f"digits={sample_models['digits']}"],
+                    "--model-url-allowlist", f"{files_url}/allowed/",
+                    "--services", f"slow={DATA / 'services' / 'faulty.py'}")
+    server.files_url = files_url
+    server.admin = f"http://127.0.0.1:{server.management_port}"
+    try:
+        yield server.wait_ready()
+    finally:
+        files.shutdown()
+        if server.stop() != 0:
+            print(server.log_text()[-5000:])
+
+
+def wait_for(check, timeout_s=60.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} in {timeout_s}s")
+
+
+def model(managed, name):
+    response = requests.get(f"{managed.admin}/models/{name}", timeout=10)
+    return response.json() if response.status_code == 200 else None
+
+
+def workers_of(managed, name):
+    return [pid for pid in managed.processes("-m worker --archive")
+            if f"--model-name {name} " in open(f"/proc/{pid}/cmdline").read().replace(
+                "\0", " ")]
+
+
+def noop(managed, name, row=(1.0, 2.0, 3.0, 4.0)):
+    return requests.post(f"{managed.url}/{name}/predict", data={"data": json.dumps([row])},
+                         timeout=30)
+
+
+def test_management_routes_exist_only_on_the_management_listener(managed):
+    for path in ("/models", "/models/digits", "/metrics"):
+        assert_error(requests.get(managed.url + path, timeout=10), 404, "ModelNotFound")
+    listing = requests.get(f"{managed.admin}/models", timeout=10).json()["models"]
+    assert listing["digits"]["status"] == "ready" and listing["digits"]["ready"] == 1
+    assert listing["digits"]["workers"] == 1 and listing["digits"]["devices"] == ["cpu"]
+    assert {"max_batch_size", "max_batch_delay_ms", "queue"} <= set(listing["digits"])
+
+
+def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_models):
+    created = requests.post(f"{managed.admin}/models", json={
+        "path": str(sample_models["noop"]), "name": "noop2", "workers": 1,
+        "max_batch_size": 4}, timeout=60)
+    assert created.status_code == 201, created.text
+    assert created.json()["name"] == "noop2" and created.json()["max_batch_size"] == 4
+    wait_for(lambda: (model(managed, "noop2") or {}).get("status") == "ready", what="ready")
+    assert noop(managed, "noop2").json()["prediction"] == [[[1.0, 2.0, 3.0, 4.0]]]
+    time.sleep(2.5)  # every frontend process's catalog refreshed: both describe it
+    for _ in range(6):  # new connections: both gunicorn processes answer some
+        paths = requests.get(managed.url + "/api-description", timeout=10).json()[
+            "description"]["paths"]
+        assert "/noop2/predict" in paths
+
+    scaled = requests.put(f"{managed.admin}/models/noop2", json={"workers": 2}, timeout=30)
+    assert scaled.status_code == 200 and scaled.json()["workers"] == 2
+    wait_for(lambda: model(managed, "noop2")["ready"] == 2, what="second worker")
+    assert len(workers_of(managed, "noop2")) == 2
+    down = requests.put(f"{managed.admin}/models/noop2", json={"workers": 1,
+                                                                 "max_batch_delay_ms": 2},
+                        timeout=30)
+    assert down.json()["workers"] == 1 and down.json()["max_batch_delay_ms"] == 2
+    wait_for(lambda: len(workers_of(managed, "noop2")) == 1, what="scale-down")
+    assert all(noop(managed, "noop2").status_code == 200 for _ in range(5))
+
+    removed = requests.delete(f"{managed.admin}/models/noop2", timeout=60)
+    assert removed.status_code == 200 and removed.json()["status"] == "removed"
+    assert_error(noop(managed, "noop2"), 404, "ModelNotFound")
+    wait_for(lambda: not workers_of(managed, "noop2"), what="workers stopped")
+    assert model(managed, "noop2") is None
+    assert noop(managed, "digits").status_code == 400  # the others were never touched
+
+
+def test_delete_lets_queued_requests_finish(managed, sample_models):
+    created = requests.post(f"{managed.admin}/models", json={
+        "path": str(sample_models["noop"]), "name": "slow", "max_batch_size": 1}, timeout=60)
+    assert created.status_code == 201, created.text
+    wait_for(lambda: (model(managed, "slow") or {}).get("status") == "ready", what="ready")
+    with ThreadPoolExecutor(4) as pool:
+        queued = [pool.submit(noop, managed, "slow", (0.7, i, 0, 0)) for i in range(3)]
+        time.sleep(0.3)
+        started = time.monotonic()
+        removed = requests.delete(f"{managed.admin}/models/slow", timeout=60)
+        took = time.monotonic() - started
+        assert [f.result().status_code for f in queued] == [200, 200, 200]
+    assert removed.status_code == 200 and took > 1.0  # it waited for the queue
+    assert_error(noop(managed, "slow"), 404, "ModelNotFound")
+
+
+def test_register_from_an_allow_listed_url_only(managed):
+    refused = requests.post(f"{managed.admin}/models", json={
+        "url": f"{managed.files_url}/elsewhere.model", "name": "x"}, timeout=30)
+    assert_error(refused, 400, "InvalidInput", "model_url_allowlist")
+    created = requests.post(f"{managed.admin}/models", json={
+        "url": f"{managed.files_url}/allowed/noop.model", "name": "fromurl"}, timeout=60)
+    assert created.status_code == 201, created.text
+    wait_for(lambda: (model(managed, "fromurl") or {}).get("status") == "ready", what="ready")
+    assert noop(managed, "fromurl").status_code == 200
+    assert requests.delete(f"{managed.admin}/models/fromurl", timeout=60).status_code == 200
+
+
+def test_bad_registrations_are_clear_errors(managed, tmp_path):
+    broken = tmp_path / "broken.model"
+    broken.write_bytes(b"not a zip")
+    assert_error(requests.post(f"{managed.admin}/models", json={"path": str(broken)},
+                               timeout=30), 400, "ArchiveError", "not a valid zip")
+    assert_error(requests.post(f"{managed.admin}/models", json={
+        "path": "/nonexistent.model"}, timeout=30), 400, "InvalidInput", "no archive")
+    assert_error(requests.post(f"{managed.admin}/models", data="x", timeout=30), 400,
+                 "InvalidInput", "JSON object")
+    assert_error(requests.put(f"{managed.admin}/models/digits", json={"workers": 0},
+                              timeout=30), 400, "InvalidInput", "workers")
+    assert_error(requests.delete(f"{managed.admin}/models/nope", timeout=30), 404,
+                 "ModelNotFound")
