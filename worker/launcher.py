@@ -84,7 +84,11 @@ WORKER_CLASS = "frontend.gunicorn_worker.ModelServerThreadWorker"
 
 def metrics_dir(run_dir: str) -> str:
     """An empty folder for this instance's prometheus_client files (common/metrics.py):
-    emptied at every start, since counters of an earlier run must not add up."""
+    emptied at every start, since counters of an earlier run must not add up. One already
+    set in our environment is used as it is: this process (embedded mode) imported
+    prometheus_client with it, and its forked frontends write there."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return os.environ["PROMETHEUS_MULTIPROC_DIR"]
     path = Path(run_dir) / "metrics"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
