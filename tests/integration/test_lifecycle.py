@@ -86,7 +86,9 @@ def test_sigterm_drain_is_bounded_by_drain_timeout(sample_models):
     assert wait_gone(tree, 10) == set(), "processes outlived mxserve start"
     print(f"drain 2 s: in-flight request answered 503 after {answered_s:.1f}s, "
           f"stopped after {stopped_s:.1f}s")
-    assert 1.5 < answered_s < 4.0 and stopped_s < 2 + 3 + 3
+    # Bound: the broker's drain (2) + its workers' stop (3) + gunicorn's graceful stop (up
+    # to the drain again, 2) + process start-up/exit slack.
+    assert 1.5 < answered_s < 4.0 and stopped_s < 2 + 3 + 2 + 3
 
 
 def test_sigkill_of_the_launcher_takes_every_child_down(sample_models):
