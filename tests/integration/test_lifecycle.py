@@ -28,6 +28,20 @@ def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
     return {pid for pid in pids if alive(pid)}
 
 
+def ping_when_nothing_is_loading(server: Server, timeout_s: float = 120) -> requests.Response:
+    """/ping's answer once every model is ready or failed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ping = requests.get(server.url + "/ping", timeout=2)
+            if "loading" not in ping.json().get("models", {"": "loading"}).values():
+                return ping
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"models still loading after {timeout_s}s")
+
+
 def test_sigterm_turns_readiness_off_first_then_finishes_in_flight_requests(sample_models):
     server = Server([f"resnet18={sample_models['resnet18']}"], "--max-batch-size", "1")
     server.wait_ready()
@@ -130,15 +144,7 @@ def test_a_model_that_cannot_load_does_not_stop_the_others(sample_models, tmp_pa
     bad.write_bytes(b"not a zip")
     server = Server([f"digits={sample_models['digits']}", f"bad={bad}"])
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                ping = requests.get(server.url + "/ping", timeout=2)
-                if "loading" not in ping.json().get("models", {"": "loading"}).values():
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+        ping = ping_when_nothing_is_loading(server)
         assert ping.status_code == 503
         assert ping.json()["health"] == "unhealthy!"
         assert ping.json()["models"] == {"digits": "ready", "bad": "failed"}
@@ -198,15 +204,7 @@ def test_models_that_cannot_load_are_failed_with_their_reason_and_the_others_ser
                     "--services", f"import_error={services / 'broken.py'}",
                     f"hangs={services / 'hangs_at_load.py'}", "--model-load-timeout-s", "15")
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                ping = requests.get(server.url + "/ping", timeout=2)
-                if "loading" not in ping.json().get("models", {"": "loading"}).values():
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+        ping = ping_when_nothing_is_loading(server)
         assert ping.status_code == 503
         assert ping.json()["models"] == {"digits": "ready", "mismatched": "failed",
                                          "import_error": "failed", "hangs": "failed"}
