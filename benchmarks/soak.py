@@ -22,19 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import INPUTS, LUA, ROOT, Stack  # noqa: E402
 
-from common.proctree import cmdline, pss_bytes  # noqa: E402
+from common.proctree import pss_bytes, role  # noqa: E402
 
 MIB = 1024 * 1024
 GROWTH_LIMIT_MIB = 50
-
-
-def role(pid: int) -> str:
-    line = cmdline(pid)
-    for marker, name in (("worker.broker", "broker"), ("-m worker", "worker"),
-                         ("gunicorn", "gunicorn"), ("start", "launcher")):
-        if marker in line:
-            return name
-    return line[:40]
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def parse_rotation(text: str) -> tuple[int, str]:
     when = when.upper()
     if when not in WHEN or not interval.isdigit() or int(interval) < 1:
         raise ConfigError(f"log rotation time {text!r}: expected 'interval when' with "
-                               "when one of S, M, H, D, midnight, W0-W6 (e.g. '1 H')")
+                          "when one of S, M, H, D, midnight, W0-W6 (e.g. '1 H')")
     return int(interval), when
 
 

@@ -22,6 +22,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from common.errors import HTTP_STATUS
+from common.proctree import alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -65,7 +66,7 @@ def forget_dead_processes() -> None:
         return
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
         pid = int(name.rsplit("_", 1)[1].split(".")[0])
-        if not os.path.exists(f"/proc/{pid}"):
+        if not alive(pid):
             multiprocess.mark_process_dead(pid, path)
 
 

@@ -70,6 +70,28 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size (0 when `pid` is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def role(pid: int) -> str:
+    """Which part of an mxserve instance a process is, from its command line."""
+    line = cmdline(pid)
+    for marker, name in (("worker.broker", "broker"), ("-m worker", "worker"),
+                         ("gunicorn", "gunicorn"), ("common.cli start", "launcher")):
+        if marker in line:
+            return name
+    return line[:40]
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

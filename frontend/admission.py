@@ -14,6 +14,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+# The Flask app's config key through which the gunicorn worker learns
+# frontend_queue_timeout_s (its WSGI wrapper sheds late requests before Flask).
+QUEUE_TIMEOUT_KEY = "MXSERVE_FRONTEND_QUEUE_TIMEOUT_S"
+
 _current = threading.local()
 
 

@@ -28,7 +28,7 @@ from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, 
                            UnsupportedMediaType)
 from common.logs import setup_logging
 from common import metrics
-from frontend.admission import waited_s
+from frontend.admission import QUEUE_TIMEOUT_KEY, waited_s
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
 from frontend.decode import Field, Limits, decode_inputs, warm_up
@@ -67,7 +67,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_form_parts
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_body_bytes
-    app.config["MXSERVE_FRONTEND_QUEUE_TIMEOUT_S"] = config.frontend_queue_timeout_s
+    app.config[QUEUE_TIMEOUT_KEY] = config.frontend_queue_timeout_s
     app.json.sort_keys = False  # type: ignore[attr-defined]
     client = BrokerClient(config.broker_frontend)
     catalog = Catalog(client)
@@ -89,7 +89,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     @app.after_request
     def tag_response(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
-        if config.access_log:
+        if config.access_log and access_log.isEnabledFor(logging.INFO):
             access_log.info(access_line(response))
         if request.endpoint == "predict":
             record_prediction(response)

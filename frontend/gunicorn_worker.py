@@ -117,15 +117,13 @@ class ModelServerThreadWorker(ThreadWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        app_config = getattr(self.wsgi, "config", {})
-        self.wsgi = ShedLateRequests(self.wsgi, app_config.get(QUEUE_TIMEOUT_KEY, 5.0))
+        timeout_s = getattr(self.wsgi, "config", {}).get(admission.QUEUE_TIMEOUT_KEY)
+        if timeout_s is not None:  # our app (create_app) says how long is too long
+            self.wsgi = ShedLateRequests(self.wsgi, timeout_s)
 
     def handle_quit(self, sig: Any, frame: Any) -> None:
         self.health_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
-
-
-QUEUE_TIMEOUT_KEY = "MXSERVE_FRONTEND_QUEUE_TIMEOUT_S"  # in the Flask app's config
 
 
 class ShedLateRequests:

@@ -24,6 +24,7 @@ reads the extracted folder, so its loop never stalls on a large unzip.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import tempfile
@@ -31,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from flask import Flask, Response, jsonify, request
 
@@ -152,31 +153,27 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-class _archive_source:
-    """A local path as given, or a downloaded URL in a temporary file removed afterwards."""
-
-    def __init__(self, body: dict[str, Any], config: Config) -> None:
-        self.body, self.config, self.temp = body, config, None
-
-    def __enter__(self) -> str:
-        path, url = self.body.get("path"), self.body.get("url")
-        if bool(path) == bool(url):
-            raise InvalidInput("send exactly one of path (on this host) and url")
-        if path:
-            if not isinstance(path, str) or not os.path.exists(path):
-                raise InvalidInput(f"no archive at {path!r} on the server")
-            return path
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise InvalidInput("url must be http(s)")
-        if not any(url.startswith(prefix) for prefix in self.config.model_url_allowlist):
-            raise InvalidInput("url is not under a prefix of model_url_allowlist")
-        self.temp = _download(url, self.config.max_archive_bytes,
-                              self.config.model_download_timeout_s)
-        return self.temp
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.temp:
-            os.unlink(self.temp)
+@contextlib.contextmanager
+def _archive_source(body: dict[str, Any], config: Config) -> Iterator[str]:
+    """A local path as given, or a download from an allow-listed URL into a temporary
+    file that is removed afterwards."""
+    path, url = body.get("path"), body.get("url")
+    if bool(path) == bool(url):
+        raise InvalidInput("send exactly one of path (on this host) and url")
+    if path:
+        if not isinstance(path, str) or not os.path.exists(path):
+            raise InvalidInput(f"no archive at {path!r} on the server")
+        yield path
+        return
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InvalidInput("url must be http(s)")
+    if not any(url.startswith(prefix) for prefix in config.model_url_allowlist):
+        raise InvalidInput("url is not under a prefix of model_url_allowlist")
+    downloaded = _download(url, config.max_archive_bytes, config.model_download_timeout_s)
+    try:
+        yield downloaded
+    finally:
+        os.unlink(downloaded)
 
 
 def _download(url: str, cap: int, timeout_s: float) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.proctree import cmdline, descendants  # noqa: E402
+from common.proctree import descendants, role, rss_bytes  # noqa: E402
 from tests.server_harness import Server  # noqa: E402
 
 RSS_GROWTH_LIMIT_MIB = 100
@@ -135,26 +135,6 @@ async def client(port: int, good: bytes, bad: dict[str, bytes], malformed: float
         writer.close()
 
 
-def rss_mib(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def role(pid: int) -> str:
-    line = cmdline(pid)
-    for marker, name in (("worker.broker", "broker"), ("-m worker", "worker"),
-                         ("gunicorn", "gunicorn"), ("common.cli start", "launcher")):
-        if marker in line:
-            return name
-    return line[:30]
-
-
 async def run_phase(server: Server, connections: int, minutes: float, malformed: float,
                     kill_every: float, good: bytes, bad: dict[str, bytes]) -> dict:
     started = time.monotonic()
@@ -175,8 +155,8 @@ async def run_phase(server: Server, connections: int, minutes: float, malformed:
         if now >= next_sample:
             minute = int((now - started) // 60) + 1
             for pid in descendants(server.process.pid) | {server.process.pid}:
-                value = rss_mib(pid)
-                if value is not None:
+                value = rss_bytes(pid) / 2**20
+                if value:
                     roles.setdefault(pid, role(pid))
                     rss[pid][minute] = max(rss[pid].get(minute, 0.0), value)
             next_sample = now + 10

@@ -395,6 +395,8 @@ class Broker:
             raise InvalidInput(f"a model named {name!r} is already registered"
                                + (" (still being removed)" if self.models[name].removing
                                   else ""))
+        specs = self._plan(name, _worker_count(fields.get("workers")
+                                               or self.config.workers_per_model))
         archive = load_archive(str(fields["folder"]), name=name)
         batching = batching_for(self.config, name)
         model = ModelState(archive=archive,
@@ -404,15 +406,13 @@ class Broker:
                                                               batching.max_batch_delay_ms))
                            / 1000.0)
         self.models[name] = model
-        self.pool.add(name, self._plan(name, fields.get("workers")), archive.root,
-                      model.max_batch_size, service_for(self.config, name))
+        self.pool.add(name, specs, archive.root, model.max_batch_size,
+                      service_for(self.config, name))
         log.info("registered model %s from %s", name, archive.root)
         return self.catalog()["models"][name]
 
-    def _plan(self, name: str, workers: Any) -> list[Any]:
-        count = int(workers) if workers else self.config.workers_per_model
-        if count < 1 or count > 64:
-            raise InvalidInput("workers must be between 1 and 64")
+    def _plan(self, name: str, count: int) -> list[Any]:
+        """`count` more CPU workers for a model (with GPUs: one per GPU, as at start)."""
         if self.config.gpus or self.config.gpu >= 0:
             return plan_workers([name], self.config.gpus, self.config.gpu)
         threads = self.config.threads_per_worker or max(
@@ -454,9 +454,7 @@ class Broker:
                 raise InvalidInput("max_batch_delay_ms must be >= 0")
             model.max_batch_delay_s = delay / 1000.0
         if fields.get("workers") is not None:
-            wanted, current = int(fields["workers"]), self.pool.total(name)
-            if wanted < 1 or wanted > 64:
-                raise InvalidInput("workers must be between 1 and 64")
+            wanted, current = _worker_count(fields["workers"]), self.pool.total(name)
             if wanted > current:
                 self.pool.add(name, self._plan(name, wanted - current))
             elif wanted < current:
@@ -648,6 +646,16 @@ class Broker:
         except zmq.ZMQError as exc:
             log.warning("send to worker %r failed: %s", identity, exc)
             return False
+
+
+MAX_WORKERS_PER_MODEL = 64
+
+
+def _worker_count(value: Any) -> int:
+    count = int(value)
+    if not 1 <= count <= MAX_WORKERS_PER_MODEL:
+        raise InvalidInput(f"workers must be between 1 and {MAX_WORKERS_PER_MODEL}")
+    return count
 
 
 def endpoints(config: Config, run_dir: Path) -> tuple[str, str]:

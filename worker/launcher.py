@@ -95,15 +95,19 @@ def metrics_dir(run_dir: str) -> str:
     return str(path)
 
 
+def address(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def binds(c: Config) -> list[str]:
-    """gunicorn's listeners: host:port, and the unix socket nginx proxies to, if set."""
-    addresses = [f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"]
+    """gunicorn's listeners: host:port, the unix socket nginx proxies to and the management
+    listener, when set."""
+    addresses = [address(c.host, c.port)]
     if c.unix_socket:
         addresses.append(f"unix:{c.unix_socket}")
     if c.management_port:
-        host = c.management_host
-        addresses.append(f"[{host}]:{c.management_port}" if ":" in host
-                         else f"{host}:{c.management_port}")
+        addresses.append(address(c.management_host, c.management_port))
     return addresses
 
 
@@ -216,8 +220,7 @@ class Launcher:
 
     @property
     def url(self) -> str:
-        host = self.config.host
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.config.port}"
+        return f"http://{address(self.config.host, self.config.port)}"
 
     def run(self) -> int:
         def on_signal(signum: int, _frame: Any) -> None:
@@ -232,7 +235,7 @@ class Launcher:
         try:
             self.broker = spawn([sys.executable, "-m", "worker.broker"], env)
             if self.app is None:
-                self.gunicorn = spawn(self._gunicorn_argv(), env)
+                self.gunicorn = spawn(gunicorn_argv(self.config), env)
             else:
                 self.gunicorn = ForkedGunicorn(self.app, self._gunicorn_options())
             code = self._wait_until_ready()
@@ -244,15 +247,9 @@ class Launcher:
                 shutil.rmtree(self.config.run_dir, ignore_errors=True)
         return code
 
-    def _gunicorn_argv(self) -> list[str]:
-        return gunicorn_argv(self.config)
-
-    def _binds(self) -> list[str]:
-        return binds(self.config)
-
     def _gunicorn_options(self) -> dict[str, Any]:
         c = self.config
-        return {"bind": self._binds(),
+        return {"bind": binds(c),
                 "worker_class": WORKER_CLASS,
                 "workers": c.frontend_workers,
                 "threads": c.frontend_threads, "timeout": int(c.gunicorn_timeout_s),
