@@ -59,27 +59,24 @@ def cpu_seconds(pids: set[int]) -> float:
     return total / CLOCK_TICKS
 
 
-def pss_bytes(pid: int) -> int:
+def _kib_field(pid: int, file: str, key: str) -> int:
+    """A "Key:  N kB" line of a /proc/<pid> file, in bytes (0 when `pid` is gone)."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
+        with open(f"/proc/{pid}/{file}") as f:
             for line in f:
-                if line.startswith("Pss:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def pss_bytes(pid: int) -> int:
+    return _kib_field(pid, "smaps_rollup", "Pss:")
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident set size (0 when `pid` is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _kib_field(pid, "status", "VmRSS:")
 
 
 def role(pid: int) -> str:
