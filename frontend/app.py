@@ -10,35 +10,29 @@ log with the request id, never to the client. Each response carries X-Request-Id
 from __future__ import annotations
 
 import functools
-import itertools
-import json
 import logging
-import os
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from common.config import FRONTEND_WAIT_MARGIN_S, Config, load_config
+from common.config import Config, load_config
 from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
-                           MXServeError, PayloadTooLarge, ServiceUnavailable,
-                           UnsupportedMediaType)
+                           MXServeError, PayloadTooLarge, UnsupportedMediaType)
 from common.logs import setup_logging
-from common import metrics
 from frontend.admission import QUEUE_TIMEOUT_KEY, waited_s
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
-from frontend.decode import Field, Limits, decode_inputs, warm_up
+from frontend.decode import Limits, warm_up
+from frontend.exchange import Exchange, error_answer, next_wire_id, record, request_id_for
 from frontend.management import add_management_routes
 from frontend.openapi import build_spec
+from frontend.predict import PredictRoute
 
 log = logging.getLogger("frontend")
-access_log = logging.getLogger("access")
 
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # werkzeug's own HTTP errors, expressed in our error table.
 HTTP_ERRORS: dict[int, type[MXServeError]] = {
     400: InvalidInput, 404: ModelNotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
@@ -73,58 +67,31 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     catalog = Catalog(client)
     limits = Limits(max_image_pixels=config.max_image_pixels,
                     max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft)
-    request_counter = itertools.count()  # next() on it is atomic under the GIL
     warm_up()
 
     @app.before_request
     def start_request() -> None:
         # The wire id is ours and unique; a client's X-Request-Id is only echoed and logged
         # (two clients sending the same one must not collide in a batch).
-        g.wire_id = f"{os.getpid():x}-{next(request_counter):x}"
-        client_id = request.headers.get("X-Request-Id", "")
-        g.request_id = client_id[:64] if client_id.isprintable() and client_id else g.wire_id
-        g.started = time.monotonic()
-        g.waited_s = waited_s()  # late ones were shed before Flask (gunicorn_worker.py)
+        wire_id = next_wire_id()
+        g.exchange = Exchange(request_id_for(request.headers.get("X-Request-Id", ""), wire_id),
+                              wire_id, request.method, request.path, waited_s=waited_s())
 
     @app.after_request
     def tag_response(response: Response) -> Response:
-        response.headers["X-Request-Id"] = g.get("request_id", "")
-        if config.access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info(access_line(response))
-        if request.endpoint == "predict":
-            record_prediction(response)
+        exchange = g.get("exchange")
+        if exchange is not None:
+            response.headers["X-Request-Id"] = exchange.request_id
+            record(exchange, response.status_code, response.content_length or 0,
+                   config.access_log)
         return response
 
     @app.post("/<model>/predict")
     def predict(model: str) -> Any:
-        signature = catalog.signature(model)
-        if signature is None:
-            raise ModelNotFound(f"model {model!r} is not loaded; see /api-description")
-        g.model = model  # a served model's name: safe as a log field and a metric label
-        if request.mimetype not in FORM_TYPES:
-            raise UnsupportedMediaType(
-                f"send multipart/form-data with field(s) "
-                f"{[s.name for s in signature.inputs]}, not {request.mimetype or 'no body'}")
-        fields = [Field(name, f.read(), True) for name, f in request.files.items(multi=True)]
-        fields += [Field(name, value, False) for name, value in request.form.items(multi=True)]
-        parsed = time.monotonic()
-        arrays = decode_inputs(signature, fields, limits)
-        decoded = time.monotonic()
-        # The deadline started when the request was queued for a thread, not now.
-        budget_s = max(0.001, config.request_timeout_s - g.waited_s)
-        result, timing = client.predict(model, g.wire_id, arrays, budget_s,
-                                        budget_s + FRONTEND_WAIT_MARGIN_S)
-        g.timing = timing
-        response = jsonify(prediction=result)
-        # Where the time went, in the standard Server-Timing header (milliseconds).
-        response.headers["Server-Timing"] = ", ".join([
-            f"parse;dur={(parsed - g.started) * 1000:.2f}",
-            f"decode;dur={(decoded - parsed) * 1000:.2f}",
-            f"queue;dur={timing.get('queue_ms', 0):.2f}",
-            f"inference;dur={timing.get('inference_ms', 0):.2f}",
-            f"broker;dur={(time.monotonic() - decoded) * 1000:.2f}",
-            f"batch;desc={timing.get('batch_size', 0)}"])
-        return response
+        # Predictions are answered by PredictRoute before Flask (frontend/predict.py); this
+        # rule gives the path its 405 for other methods, and its 404 should a custom
+        # endpoint's path shadow it.
+        raise ModelNotFound(f"model {model!r} is not loaded; see /api-description")
 
     def health() -> tuple[Response, int]:
         try:
@@ -153,25 +120,29 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         extra_paths.setdefault(endpoint.path, {})[endpoint.method] = endpoint.operation
 
     add_management_routes(app, config, client, catalog)
+    app.wsgi_app = PredictRoute(  # type: ignore[method-assign]
+        app.wsgi_app, config, client, catalog, limits,
+        custom_rules=[e.rule for e in endpoints if e.method == "post"])
 
     @app.get("/api-description")
     def api_description() -> Any:
         return jsonify(description=build_spec(catalog.signatures(), request.host, extra_paths))
 
     @app.errorhandler(MXServeError)
-    def on_our_error(error: MXServeError) -> tuple[Response, int]:
+    def on_our_error(error: MXServeError) -> Response:
         return error_response(error)
 
     @app.errorhandler(HTTPException)
-    def on_http_error(error: HTTPException) -> tuple[Response, int]:
+    def on_http_error(error: HTTPException) -> Response:
         cls = HTTP_ERRORS.get(error.code or 500, InternalServerError)
         return error_response(cls(error.description or error.name))
 
     @app.errorhandler(Exception)
-    def on_unexpected(error: Exception) -> tuple[Response, int]:
-        log.exception("request %s failed", g.get("request_id"))
+    def on_unexpected(error: Exception) -> Response:
+        request_id = _request_id()
+        log.exception("request %s failed", request_id)
         return error_response(InternalServerError("internal error; see the server log for "
-                                                  f"request {g.get('request_id')}"))
+                                                  f"request {request_id}"))
 
     return app
 
@@ -186,47 +157,11 @@ def _json_view(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def record_prediction(response: Response) -> None:
-    model = g.get("model", "-")
-    metrics.PREDICTIONS.labels(model, metrics.status_class(response.status_code)).inc()
-    started = g.get("started")
-    if started is not None:
-        metrics.REQUEST_SECONDS.labels(model).observe(time.monotonic() - started)
-    timing = g.get("timing")
-    if timing:
-        metrics.QUEUE_SECONDS.labels(model).observe(timing.get("queue_ms", 0.0) / 1000.0)
-        metrics.INFERENCE_SECONDS.labels(model).observe(
-            timing.get("inference_ms", 0.0) / 1000.0)
+def _request_id() -> str | None:
+    exchange = g.get("exchange")
+    return exchange.request_id if exchange is not None else None
 
 
-def access_line(response: Response) -> str:
-    """One logfmt line per request: who, what, outcome and where the time went; never the
-    payload. Values that could break the format (client ids, odd paths) are quoted."""
-    timing = g.get("timing") or {}
-    started = g.get("started")
-    fields = {
-        "request_id": g.get("request_id", "-"), "method": request.method,
-        "path": request.path, "model": g.get("model", "-"), "status": response.status_code,
-        "bytes": response.content_length or 0, "batch": timing.get("batch_size", "-"),
-        "queue_ms": timing.get("queue_ms", "-"), "inference_ms": timing.get("inference_ms", "-"),
-        "total_ms": f"{(time.monotonic() - started) * 1000:.2f}" if started else "-"}
-    if g.get("wire_id") and g.get("wire_id") != fields["request_id"]:
-        fields["wire_id"] = g.wire_id  # the id the broker's and worker's log lines carry
-    return " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items())
-
-
-def _logfmt(value: Any) -> str:
-    text = str(value)
-    if text and all(c.isalnum() or c in "-_./:%" for c in text):
-        return text
-    return json.dumps(text)
-
-
-def error_response(error: MXServeError) -> tuple[Response, int]:
-    metrics.ERRORS.labels(error.type).inc()
-    response = jsonify(error.to_dict(g.get("request_id")))
-    if isinstance(error, ServiceUnavailable):
-        response.headers["Retry-After"] = str(error.retry_after_s)
-    if error.status >= 500:
-        log.warning("request %s: %s %s", g.get("request_id"), error.type, error.message)
-    return response, error.status
+def error_response(error: MXServeError) -> Response:
+    status, body, headers = error_answer(error, _request_id())
+    return Response(body, status, headers, mimetype="application/json")

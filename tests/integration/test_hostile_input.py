@@ -86,11 +86,11 @@ def jpeg(image: Image.Image, **save) -> bytes:
 
 # -- malformed multipart -------------------------------------------------------------------
 
-def test_a_body_with_another_boundary_has_no_fields(server, reference):
+def test_a_body_with_another_boundary_is_a_400_naming_the_boundary(server, reference):
     image = (reference / "images" / "digit_2.jpg").read_bytes()
     body = part("data", image).replace(BOUNDARY.encode(), b"other") + b"--other--\r\n"
     assert_raw_error(raw(server, post_raw(server, "/digits/predict", body)), 400,
-                     "InvalidInput", "missing field 'data'")
+                     "InvalidInput", "no multipart part", repr(BOUNDARY))
 
 
 def test_an_unterminated_part_is_a_400(server, reference):

@@ -1,0 +1,110 @@
+"""What one request/response exchange leaves behind: its access-log line, its metrics, and
+the JSON bytes of its answer. Shared by the predict route (frontend/predict.py, plain
+WSGI) and the Flask routes (frontend/app.py), so both log, count and encode alike.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from common import metrics
+from common.errors import MXServeError, ServiceUnavailable
+
+log = logging.getLogger("frontend")
+access_log = logging.getLogger("access")
+
+
+@dataclass
+class Exchange:
+    """One request as the frontend saw it."""
+
+    request_id: str  # the client's X-Request-Id when printable, else wire_id
+    wire_id: str  # ours, unique: the id the broker's and worker's log lines carry
+    method: str
+    path: str
+    started: float = field(default_factory=time.monotonic)
+    waited_s: float = 0.0  # waiting for a frontend thread, before `started`
+    model: str = "-"  # a served model's name only: safe as a log field and a metric label
+    timing: Mapping[str, Any] | None = None  # the broker's reply fields
+
+
+_ids = itertools.count()
+_ids_pid = os.getpid()
+
+
+def next_wire_id() -> str:
+    """A process-unique id for the request this thread is starting (unique across a fork:
+    the pid is part of it, and a forked child starts its own count)."""
+    global _ids, _ids_pid
+    if _ids_pid != os.getpid():
+        _ids, _ids_pid = itertools.count(), os.getpid()
+    return f"{_ids_pid:x}-{next(_ids):x}"  # next() on a count is atomic under the GIL
+
+
+def request_id_for(client_id: str, wire_id: str) -> str:
+    """The id a response is tagged with: the client's own when it is a sane one."""
+    return client_id[:64] if client_id and client_id.isprintable() else wire_id
+
+
+def json_bytes(value: Any) -> bytes:
+    """JSON as Flask's jsonify writes it (compact, ASCII, a final newline), so answers are
+    byte-identical whichever route wrote them."""
+    return (json.dumps(value, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
+
+
+def error_answer(error: MXServeError, request_id: str | None
+                 ) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """(status, body, extra headers) of an error, counted and, for our own faults, logged."""
+    metrics.ERRORS.labels(error.type).inc()
+    headers = []
+    if isinstance(error, ServiceUnavailable):
+        headers.append(("Retry-After", str(error.retry_after_s)))
+    if error.status >= 500:
+        log.warning("request %s: %s %s", request_id, error.type, error.message)
+    return error.status, json_bytes(error.to_dict(request_id)), headers
+
+
+def record(exchange: Exchange, status: int, body_bytes: int, access_log_on: bool) -> None:
+    """Metrics of a predict request, and the access-log line of any request."""
+    if exchange.path.endswith("/predict"):
+        _record_prediction(exchange, status)
+    if access_log_on and access_log.isEnabledFor(logging.INFO):
+        access_log.info(access_line(exchange, status, body_bytes))
+
+
+def _record_prediction(exchange: Exchange, status: int) -> None:
+    model = exchange.model
+    metrics.PREDICTIONS.labels(model, metrics.status_class(status)).inc()
+    metrics.REQUEST_SECONDS.labels(model).observe(time.monotonic() - exchange.started)
+    timing = exchange.timing
+    if timing:
+        metrics.QUEUE_SECONDS.labels(model).observe(timing.get("queue_ms", 0.0) / 1000.0)
+        metrics.INFERENCE_SECONDS.labels(model).observe(
+            timing.get("inference_ms", 0.0) / 1000.0)
+
+
+def access_line(exchange: Exchange, status: int, body_bytes: int) -> str:
+    """One logfmt line per request: who, what, outcome and where the time went; never the
+    payload. Values that could break the format (client ids, odd paths) are quoted."""
+    timing = exchange.timing or {}
+    fields = {
+        "request_id": exchange.request_id, "method": exchange.method, "path": exchange.path,
+        "model": exchange.model, "status": status, "bytes": body_bytes,
+        "batch": timing.get("batch_size", "-"), "queue_ms": timing.get("queue_ms", "-"),
+        "inference_ms": timing.get("inference_ms", "-"),
+        "total_ms": f"{(time.monotonic() - exchange.started) * 1000:.2f}"}
+    if exchange.wire_id != exchange.request_id:
+        fields["wire_id"] = exchange.wire_id
+    return " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items())
+
+
+def _logfmt(value: Any) -> str:
+    text = str(value)
+    if text and all(c.isalnum() or c in "-_./:%" for c in text):
+        return text
+    return json.dumps(text)
