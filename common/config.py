@@ -203,6 +203,14 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
+def broker_endpoints(config: Config, run_dir: Path) -> tuple[str, str]:
+    """The broker's (frontend, worker) ZeroMQ endpoints: ipc sockets in the run directory
+    unless configured."""
+    frontend = config.broker_frontend or f"ipc://{run_dir}/frontends.sock"
+    workers = config.broker_workers or f"ipc://{run_dir}/workers.sock"
+    return frontend, workers
+
+
 FRONTEND_WAIT_MARGIN_S = 2.0  # the frontend outwaits the broker's deadline by this much
 
 

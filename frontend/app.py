@@ -10,6 +10,7 @@ log with the request id, never to the client. Each response carries X-Request-Id
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import re
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     app.wsgi_app = PredictRoute(  # type: ignore[method-assign]
         app.wsgi_app, config, client, catalog, limits,
         custom_rules=[e.rule for e in endpoints if e.method == "post"])
+    # Built once in gunicorn's arbiter and forked (--preload): keep the cyclic GC from
+    # touching, and so un-sharing, every object that exists now in each frontend process.
+    gc.collect()
+    gc.freeze()
 
     @app.get("/api-description")
     def api_description() -> Any:

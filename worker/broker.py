@@ -36,7 +36,8 @@ import zmq
 
 from common import metrics
 from common.archive import ModelArchive, load_archive
-from common.config import Config, batching_for, load_config, parse_model_spec, service_for
+from common.config import (Config, batching_for, broker_endpoints, load_config,
+                           parse_model_spec, service_for)
 from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
                            InvalidInput, ModelNotFound, MXServeError, ServiceUnavailable)
 from common.logs import setup_logging
@@ -658,12 +659,6 @@ def _worker_count(value: Any) -> int:
     return count
 
 
-def endpoints(config: Config, run_dir: Path) -> tuple[str, str]:
-    frontend = config.broker_frontend or f"ipc://{run_dir}/frontends.sock"
-    workers = config.broker_workers or f"ipc://{run_dir}/workers.sock"
-    return frontend, workers
-
-
 def main() -> int:
     try:
         config = load_config()
@@ -676,7 +671,7 @@ def main() -> int:
         return EXIT_BAD_CONFIG
     run_dir = Path(config.run_dir)
     try:
-        broker = Broker(config, *endpoints(config, run_dir), run_dir)
+        broker = Broker(config, *broker_endpoints(config, run_dir), run_dir)
     except (MXServeError, zmq.ZMQError) as exc:
         log.error("broker cannot start: %s", getattr(exc, "message", exc))
         return EXIT_BAD_CONFIG

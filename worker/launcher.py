@@ -38,10 +38,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common.config import Config, ConfigError, add_arguments, load_config
+from common.config import Config, ConfigError, add_arguments, broker_endpoints, load_config
 from common.errors import EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK
 from common.logs import LogRotator, setup_logging
-from worker.broker import endpoints
 from worker.pool import spawn
 
 log = logging.getLogger("mxserve")
@@ -120,7 +119,10 @@ def gunicorn_argv(c: Config) -> list[str]:
             "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
             "--error-logfile", c.log_file or "-", "--log-level", c.log_level.lower(),
             "--control-socket", os.path.join(c.run_dir, "gunicorn.ctl"),
-            "frontend.app:create_app()"]
+            # The app (Flask, numpy, OpenCV, Pillow, ZeroMQ's module) is built once in the
+            # arbiter and forked: the frontend processes share those pages instead of each
+            # importing its own copy, and a crashed one is replaced in a fork's time.
+            "--preload", "frontend.app:create_app()"]
 
 
 def frontend_main(argv: list[str] | None = None) -> int:
@@ -139,7 +141,7 @@ def frontend_main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mxserve frontend: error: {exc.message}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    frontend, workers = endpoints(config, Path(config.run_dir))
+    frontend, workers = broker_endpoints(config, Path(config.run_dir))
     config = config.replace(broker_frontend=frontend, broker_workers=workers)
     env = {**os.environ, **config.to_env()}
     env.pop("MXSERVE_CONFIG", None)
@@ -209,7 +211,7 @@ class Launcher:
         self.app = app
         self.owns_run_dir = not config.run_dir
         run_dir = config.run_dir or tempfile.mkdtemp(prefix="mxserve-")
-        frontend, workers = endpoints(config, Path(run_dir))
+        frontend, workers = broker_endpoints(config, Path(run_dir))
         self.config = config.replace(run_dir=run_dir, broker_frontend=frontend,
                                      broker_workers=workers)
         self.stop_requested = False
