@@ -56,6 +56,14 @@ class WorkerSpec:
                "KMP_BLOCKTIME": os.environ.get("KMP_BLOCKTIME", "0")}
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+        else:
+            # With one engine thread, MXNet's threaded engine only adds a thread handoff per
+            # operator (a wake-up costs ~35 us of system time on this VM); the naive engine
+            # runs each operator on the calling thread, still parallel inside it (OpenMP).
+            # Measured in-process: noop batch of 8 0.51 -> 0.20 ms, resnet18 the same speed
+            # within noise, 19 MB less resident per worker. GPUs keep the threaded engine
+            # (asynchronous kernel launches). An operator's own setting wins.
+            env["MXNET_ENGINE_TYPE"] = os.environ.get("MXNET_ENGINE_TYPE", "NaiveEngine")
         return env
 
 

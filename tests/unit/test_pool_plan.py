@@ -29,3 +29,11 @@ def test_cpu_workers_split_the_cores():
     assert [w.threads for w in plan_workers(["a"], cores=8)] == [8]
     assert [w.threads for w in plan_workers(["a", "b", "c"], cores=2)] == [1, 1, 1]
     assert [w.threads for w in plan_workers(["a"], threads_per_worker=3, cores=2)] == [3]
+
+
+def test_cpu_workers_run_the_naive_engine_gpu_workers_the_threaded_one(monkeypatch):
+    monkeypatch.delenv("MXNET_ENGINE_TYPE", raising=False)
+    assert plan_workers(["a"], cores=2)[0].env["MXNET_ENGINE_TYPE"] == "NaiveEngine"
+    assert "MXNET_ENGINE_TYPE" not in plan_workers(["a"], gpus=1, cores=2)[0].env
+    monkeypatch.setenv("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")  # the operator's wins
+    assert plan_workers(["a"], cores=2)[0].env["MXNET_ENGINE_TYPE"] == "ThreadedEnginePerDevice"
