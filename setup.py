@@ -19,6 +19,7 @@ setup(
         "pillow>=10",              # strict decoding, header-first size checks
         "flask>=3.0",
         "multipart>=1.2,<3",       # predict bodies: ~10x faster than werkzeug's form parser
+        "setproctitle>=1.3",       # forked workers show their own command line in ps
         "prometheus_client>=0.17",  # /metrics, aggregated across processes (multiprocess mode)
         # gthread frontends; 27 added the control socket we place per instance, and
         # frontend/gunicorn_worker.py builds on 27's gthread internals

@@ -177,12 +177,30 @@ class Stack:
     def __init__(self, name: str, archive: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.management_url = f"http://127.0.0.1:{free_port()}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "common.cli", "start", "--models", f"{name}={archive}",
-             "--port", str(self.port), "--log-level", "WARNING", *extra],
+             "--port", str(self.port), "--log-level", "WARNING",
+             "--management-port", self.management_url.rsplit(":", 1)[1], *extra],
             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready(self.url + "/ping", name)
+        self._wait_all_workers(name)
+
+    def _wait_all_workers(self, name: str) -> None:
+        """/ping is 200 once a model has one ready worker; idle memory is read when all of
+        them are (each warms up to its steady size before READY)."""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{self.management_url}/models/{name}",
+                                        timeout=5) as r:
+                model = json.loads(r.read())
+            if model["ready"] == model["workers"]:
+                time.sleep(1.0)  # let start-up settle before idle memory is read
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"not every worker of {name} became ready")
 
     def _wait_ready(self, url: str, name: str) -> None:
         deadline = time.monotonic() + 180

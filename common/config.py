@@ -93,6 +93,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers_per_model", int, 1, "CPU workers per model (when no GPUs)", _positive),
     Setting("threads_per_worker", int, 0, "OpenMP threads per CPU worker (0: cores / CPU "
             "workers, at least 1)", _non_negative),
+    Setting("fork_workers", bool, True, "start CPU workers by forking a process that has "
+            "imported MXNet once, so they share its memory (off: each is a fresh process)"),
     Setting("frontend_workers", int, 2, "gunicorn frontend processes", _positive),
     Setting("frontend_threads", int, 32, "threads per gunicorn process (gthread)", _positive),
     Setting("max_batch_size", int, 8, "most requests sent to a worker in one batch", _positive),

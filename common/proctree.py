@@ -82,7 +82,8 @@ def rss_bytes(pid: int) -> int:
 def role(pid: int) -> str:
     """Which part of an mxserve instance a process is, from its command line."""
     line = cmdline(pid)
-    for marker, name in (("worker.broker", "broker"), ("-m worker", "worker"),
+    for marker, name in (("worker.broker", "broker"), ("worker.forkserver", "fork server"),
+                         ("-m worker", "worker"),
                          ("gunicorn", "gunicorn"), ("common.cli start", "launcher")):
         if marker in line:
             return name

@@ -113,7 +113,8 @@ class Broker:
         self.pool = WorkerPool(specs, archives, worker_endpoint,
                                {n: m.max_batch_size for n, m in self.models.items()},
                                config.heartbeat_interval_s, config.log_level,
-                               {n: service_for(config, n) for n in self.models})
+                               {n: service_for(config, n) for n in self.models},
+                               fork_server=config.fork_workers)
         self.context = zmq.Context()
         self.frontends = self._bind(frontend_endpoint)
         self.backend = self._bind(worker_endpoint)

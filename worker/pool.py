@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import EXIT_MODEL_LOAD
+from worker.forkserver import ForkedProcess, ForkServer
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # a worker up this long has its backoff reset
+FORK_SERVER_WAIT_S = 30.0  # CPU workers wait this long for the fork server, then spawn
+FORK_SERVER_RETRY_S = 0.05
 _generations = itertools.count(1000)  # workers added later get identities never used before
 
 
@@ -101,7 +104,7 @@ def spawn(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
 @dataclass
 class ManagedWorker:
     spec: WorkerSpec
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | ForkedProcess | None = None
     generation: int = 0
     started_at: float = 0.0
     backoff_s: float = BACKOFF_START_S
@@ -118,7 +121,8 @@ class ManagedWorker:
 class WorkerPool:
     def __init__(self, specs: list[WorkerSpec], archives: dict[str, Path], broker_endpoint: str,
                  max_batch_size: dict[str, int], heartbeat_interval_s: float, log_level: str,
-                 services: dict[str, tuple[str, str]] | None = None) -> None:
+                 services: dict[str, tuple[str, str]] | None = None,
+                 fork_server: bool = True) -> None:
         self.specs = specs
         self.workers = [ManagedWorker(spec) for spec in specs]
         self.archives = archives
@@ -127,6 +131,12 @@ class WorkerPool:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.log_level = log_level
         self.services = services or {}  # model -> (service file, class name)
+        # CPU workers are forked from a process that imported MXNet once (worker/forkserver.py)
+        cpu_specs = [spec for spec in specs if spec.gpu is None]
+        self.fork_server: ForkServer | None = None
+        if fork_server and cpu_specs:
+            self.fork_server = ForkServer({**os.environ, **cpu_specs[0].env}, spawn)
+            self.fork_server.start()
         self.failed: dict[str, str] = {}  # model -> why it cannot load
         self.restarts: dict[str, int] = {}
 
@@ -177,8 +187,13 @@ class WorkerPool:
         self.specs = [w.spec for w in self.workers]
 
     def _start(self, worker: ManagedWorker, now: float) -> None:
-        worker.generation += 1
         spec = worker.spec
+        env = {**os.environ, **spec.env}
+        how = self._how_to_start(env, now)
+        if how == "wait":
+            worker.restart_at = now + FORK_SERVER_RETRY_S
+            return
+        worker.generation += 1
         argv = [sys.executable, "-m", "worker", "--archive", str(self.archives[spec.model]),
                 "--model-name", spec.model, "--broker", self.broker_endpoint,
                 "--max-batch-size", str(self.max_batch_size[spec.model]),
@@ -192,14 +207,35 @@ class WorkerPool:
             argv += ["--service-file", service_file]
         if class_name:
             argv += ["--service-class", class_name]
-        env = {**os.environ, **spec.env}
-        worker.process = spawn(argv, env)
+        worker.process = None
+        if how == "fork":
+            assert self.fork_server is not None
+            try:
+                worker.process = self.fork_server.spawn(argv[3:], env, " ".join(argv))
+            except OSError as exc:
+                log.warning("the fork server failed (%s); starting %s as a fresh process",
+                            exc, worker.identity)
+                how = "spawn"
+        if worker.process is None:
+            worker.process = spawn(argv, env)
         worker.started_at = now
         worker.ready = False
         worker.restart_at = None
-        log.info("started worker %s (pid %d) for %s on %s, %d threads", worker.identity,
+        log.info("started worker %s (pid %d) for %s on %s, %d threads (%s)", worker.identity,
                  worker.process.pid, spec.model, f"gpu {spec.gpu}" if spec.gpu is not None
-                 else "cpu", spec.threads)
+                 else "cpu", spec.threads, "forked" if how == "fork" else "a fresh process")
+
+    def _how_to_start(self, env: dict[str, str], now: float) -> str:
+        """"fork" from the fork server, "spawn" a fresh process, or "wait" for the server
+        (started, not yet ready: for FORK_SERVER_WAIT_S after it was started)."""
+        server = self.fork_server
+        if server is None or env != server.env:
+            return "spawn"
+        if server.can_fork(env):  # (restarts it if it died)
+            return "fork"
+        if time.monotonic() - server.started_at < FORK_SERVER_WAIT_S:
+            return "wait"
+        return "spawn"
 
     def reap(self, now: float) -> list[tuple[ManagedWorker, int, int]]:
         """Notice exited workers; schedule restarts; return (worker, pid, exit code)."""
@@ -256,7 +292,8 @@ class WorkerPool:
         return min(due) if due else None
 
     def stop(self, timeout_s: float) -> None:
-        """SIGTERM every worker, wait up to timeout_s, SIGKILL the rest."""
+        """SIGTERM every worker, wait up to timeout_s, SIGKILL the rest; then the fork
+        server."""
         for worker in self.workers:
             worker.restart_at = None
             if worker.process is not None and worker.process.poll() is None:
@@ -272,3 +309,5 @@ class WorkerPool:
                 worker.process.kill()
                 worker.process.wait()
             worker.process = None
+        if self.fork_server is not None:
+            self.fork_server.stop()

@@ -25,10 +25,11 @@ def test_example_serves_its_endpoint_on_every_frontend_process_and_predicts(samp
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_healthy(url, process, 120, lambda: process.stdout.read().decode())
-        # gunicorn's arbiter is a fork of the example (same command line); its children are
-        # the gunicorn workers.
+        # gunicorn's arbiter is a fork of the example; its children are the gunicorn workers
+        # (gunicorn re-titles them "gunicorn: ..." with setproctitle).
         tree = descendants(process.pid)
-        forks = {pid for pid in tree if "embed_digits.py" in cmdline(pid)}
+        forks = {pid for pid in tree if "embed_digits.py" in cmdline(pid)
+                 or cmdline(pid).startswith("gunicorn:")}
         arbiters = {pid for pid in forks if _parent(pid) == process.pid}
         gunicorn_workers = {pid for pid in forks if _parent(pid) in arbiters}
         assert len(arbiters) == 1 and len(gunicorn_workers) == 2, {p: cmdline(p) for p in tree}

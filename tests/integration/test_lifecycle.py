@@ -162,7 +162,7 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
     try:
         server.wait_ready()
         [broker] = server.processes("worker.broker")
-        [worker] = descendants(broker)
+        [worker] = server.processes("-m worker --archive")
         os.kill(worker, signal.SIGKILL)
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
         deadline = time.monotonic() + 30
@@ -175,7 +175,7 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
             time.sleep(0.2)
         assert response.status_code == 200
         assert response.json()["prediction"][0][0]["class"] == "0"
-        [replacement] = descendants(broker)
+        [replacement] = server.processes("-m worker --archive")
         assert replacement != worker
         assert "exited with -9; restarting" in server.log_text()
         catalog = server.catalog()
