@@ -97,7 +97,11 @@ SETTINGS: tuple[Setting, ...] = (
             "imported MXNet once, so they share its memory (off: each is a fresh process)"),
     Setting("frontend_workers", int, 2, "gunicorn frontend processes", _positive),
     Setting("frontend_threads", int, 32, "threads per gunicorn process (gthread)", _positive),
-    Setting("max_batch_size", int, 8, "most requests sent to a worker in one batch", _positive),
+    Setting("max_batch_size", int, 32, "most requests sent to a worker in one batch (each "
+            "worker may take fewer: batch_memory_mb)", _positive),
+    Setting("batch_memory_mb", float, 288.0, "a worker lowers its max_batch_size so that a "
+            "batch's activations, estimated from the model's symbol, fit in this (resnet18 "
+            "at 224x224: 32.6 MiB per sample, so 8); 0: no cap", _non_negative),
     Setting("max_batch_delay_ms", float, 0.0, "how long the broker may hold a partial batch",
             _non_negative),
     Setting("batching", list, [], "per-model batching overrides, as name=max_batch_size[:"

@@ -48,8 +48,8 @@ from frontend.catalog import Catalog
 MANAGE_TIMEOUT_S = 10.0
 DOWNLOAD_CHUNK = 1 << 20
 SUMMARY_KEYS = ("status", "ready", "workers", "devices", "threads_per_worker",
-                "max_batch_size", "max_batch_delay_ms", "queue", "restarts", "batches",
-                "mean_batch_size", "error")
+                "max_batch_size", "worker_max_batch_size", "max_batch_delay_ms", "queue",
+                "restarts", "batches", "mean_batch_size", "error")
 
 
 def add_management_routes(app: Flask, config: Config, client: BrokerClient,

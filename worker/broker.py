@@ -114,7 +114,8 @@ class Broker:
                                {n: m.max_batch_size for n, m in self.models.items()},
                                config.heartbeat_interval_s, config.log_level,
                                {n: service_for(config, n) for n in self.models},
-                               fork_server=config.fork_workers)
+                               fork_server=config.fork_workers,
+                               batch_memory_mb=config.batch_memory_mb)
         self.context = zmq.Context()
         self.frontends = self._bind(frontend_endpoint)
         self.backend = self._bind(worker_endpoint)
@@ -553,6 +554,9 @@ class Broker:
                 "threads_per_worker": next((s.threads for s in self.pool.specs
                                             if s.model == name), 0),
                 "max_batch_size": model.max_batch_size,
+                # what the ready workers take (each may cap it: batch_memory_mb)
+                "worker_max_batch_size": min((self.workers[w].max_batch_size
+                                              for w in model.workers), default=0),
                 "max_batch_delay_ms": model.max_batch_delay_s * 1000.0,
                 "batches": model.batches,
                 "mean_batch_size": round(model.batched / model.batches, 3) if model.batches

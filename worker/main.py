@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="OpenMP threads for this worker (default: inherited OMP_NUM_THREADS)")
     parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--batch-memory-mb", type=float, default=0.0,
+                        help="lower max-batch-size so that a batch's activations (estimated "
+                        "from the symbol) fit in this many MiB; 0: no cap")
     parser.add_argument("--extract-dir", default=None, help="where zip archives are unpacked")
     parser.add_argument("--service-file", default=None,
                         help="custom service .py used instead of the archive's (MMS 0.4 --service)")
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         from worker.services.loader import load_service
 
         archive = load_archive(args.archive, args.extract_dir, name=args.model_name)
+        args.max_batch_size = batch_size_within_memory(archive, args.max_batch_size,
+                                                       args.batch_memory_mb)
         service = load_service(archive, gpu=args.gpu, max_batch_size=args.max_batch_size,
                                service_file=args.service_file,
                                service_class=args.service_class)
@@ -89,6 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("worker crashed")
         return EXIT_CRASH
     return EXIT_OK
+
+
+def batch_size_within_memory(archive: Any, requested: int, budget_mb: float) -> int:
+    """The largest batch size up to `requested` whose activations fit in `budget_mb`: one
+    default serves a do-nothing model (batches of 32) and resnet18 (8) alike. The worker
+    reports the result in READY, and the broker never sends it more."""
+    if budget_mb <= 0 or requested <= 1:
+        return requested
+    from worker.predictor import activation_bytes_per_sample
+
+    shapes = {spec.name: (1, *[d or 1 for d in spec.shape[1:]])
+              for spec in archive.signature.inputs}
+    per_sample = activation_bytes_per_sample(archive.symbol_path, shapes)
+    if not per_sample:
+        return requested
+    fits = max(1, int(budget_mb * 1024 * 1024 // per_sample))
+    if fits < requested:
+        log.info("max batch size %d -> %d: ~%.1f MiB of activations per sample, "
+                 "batch_memory_mb %.0f", requested, fits, per_sample / 2**20, budget_mb)
+    return min(requested, fits)
 
 
 def report_load_failure(args: argparse.Namespace, reason: str) -> None:

@@ -122,7 +122,7 @@ class WorkerPool:
     def __init__(self, specs: list[WorkerSpec], archives: dict[str, Path], broker_endpoint: str,
                  max_batch_size: dict[str, int], heartbeat_interval_s: float, log_level: str,
                  services: dict[str, tuple[str, str]] | None = None,
-                 fork_server: bool = True) -> None:
+                 fork_server: bool = True, batch_memory_mb: float = 0.0) -> None:
         self.specs = specs
         self.workers = [ManagedWorker(spec) for spec in specs]
         self.archives = archives
@@ -131,6 +131,7 @@ class WorkerPool:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.log_level = log_level
         self.services = services or {}  # model -> (service file, class name)
+        self.batch_memory_mb = batch_memory_mb
         # CPU workers are forked from a process that imported MXNet once (worker/forkserver.py)
         cpu_specs = [spec for spec in specs if spec.gpu is None]
         self.fork_server: ForkServer | None = None
@@ -197,6 +198,7 @@ class WorkerPool:
         argv = [sys.executable, "-m", "worker", "--archive", str(self.archives[spec.model]),
                 "--model-name", spec.model, "--broker", self.broker_endpoint,
                 "--max-batch-size", str(self.max_batch_size[spec.model]),
+                "--batch-memory-mb", str(self.batch_memory_mb),
                 "--worker-id", worker.identity,
                 "--heartbeat-interval", str(self.heartbeat_interval_s),
                 "--log-level", self.log_level]

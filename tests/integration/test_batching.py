@@ -46,3 +46,28 @@ def test_max_batch_size_one_means_no_batching(sample_models):
         assert {batch_size(r) for r in responses} == {1}
     finally:
         assert server.stop() == 0
+
+
+def test_each_worker_caps_the_batch_by_its_models_activation_memory(sample_models):
+    """Default max batch 32: resnet18 (32.6 MiB of activations per sample) is capped at 8
+    by batch_memory_mb 288, noop takes 32, and the broker never sends more than the cap."""
+    server = Server([f"noop={sample_models['noop']}", f"resnet18={sample_models['resnet18']}"])
+    try:
+        server.wait_ready()
+        models = server.catalog()["models"]
+        assert models["resnet18"]["max_batch_size"] == 32
+        assert models["resnet18"]["worker_max_batch_size"] == 8
+        assert models["noop"]["worker_max_batch_size"] == 32
+        assert "max batch size 32 -> 8" in server.log_text()
+        image = (sample_models["resnet18"].parent / "examples" / "china.jpg").read_bytes()
+
+        def post(_: int) -> requests.Response:
+            return requests.post(f"{server.url}/resnet18/predict", files={"data": image},
+                                 timeout=60)
+
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(post, range(12)))
+        assert [r.status_code for r in responses] == [200] * 12
+        assert max(batch_size(r) for r in responses) <= 8
+    finally:
+        assert server.stop() == 0
