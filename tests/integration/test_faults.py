@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from common.proctree import parent
@@ -60,7 +61,10 @@ class Load:
     """Clients posting in a loop from threads; every outcome kept as (status, seconds, body
     type or exception name)."""
 
+    running: list[Load] = []  # stopped by stop_all() even when a test fails mid-way
+
     def __init__(self, url: str, files: dict, clients: int) -> None:
+        Load.running.append(self)
         self.url, self.files, self.stop = url, files, threading.Event()
         self.outcomes: list[tuple[int, float, str]] = []
         self.pool = ThreadPoolExecutor(clients)
@@ -80,7 +84,22 @@ class Load:
     def finish(self) -> list[tuple[int, float, str]]:
         self.stop.set()
         self.pool.shutdown(wait=True)
+        if self in Load.running:
+            Load.running.remove(self)
         return self.outcomes
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for load in list(cls.running):
+            load.finish()
+
+
+@pytest.fixture(autouse=True)
+def no_load_left_running():
+    """A failed assertion must not leave client threads hammering the machine (they slowed
+    every later test)."""
+    yield
+    Load.stop_all()
 
 
 def test_a_broker_killed_under_load_is_restarted_and_service_returns_within_10_s(
