@@ -138,7 +138,11 @@ def decode_image(data: bytes, spec: TensorSpec, limits: Limits) -> np.ndarray:
 
 
 def decode_tensor(data: bytes | str, spec: TensorSpec, limits: Limits) -> np.ndarray:
-    text = data.decode("utf-8", errors="strict") if isinstance(data, bytes) else data
+    try:
+        text = data.decode("utf-8", errors="strict") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:  # e.g. an image sent to a JSON-tensor model
+        raise InvalidInput(f"field {spec.name!r} must be JSON text (UTF-8), not binary "
+                           "data") from exc
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError as exc:  # the C parser stops at Python's recursion limit, fast

@@ -170,3 +170,13 @@ def test_jpeg_draft_decodes_large_photos_at_reduced_scale_only():
     np.testing.assert_array_equal(
         decode_inputs(IMAGE_SIG, image_field(photo()), draft_limits)["data"],
         decode_inputs(IMAGE_SIG, image_field(photo()), full_limits)["data"])
+
+
+def test_binary_data_for_a_json_tensor_is_a_400_not_a_500():
+    """Found by the fuzz test: a JPEG file sent to a JSON-tensor model raised
+    UnicodeDecodeError (a 500)."""
+    from common.signature import TensorSpec
+    from frontend.decode import Limits, decode_tensor
+
+    with pytest.raises(InvalidInput, match="JSON text"):
+        decode_tensor(b"\xff\xd8\xff\xe0 not utf-8", TensorSpec("data", (1, 64)), Limits())
