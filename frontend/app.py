@@ -28,7 +28,7 @@ from frontend.admission import QUEUE_TIMEOUT_KEY, waited_s
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
 from frontend.decode import Limits, warm_up
-from frontend.exchange import Exchange, error_answer, next_wire_id, record, request_id_for
+from frontend.exchange import Exchange, error_answer, log_access, next_wire_id, request_id_for
 from frontend.management import add_management_routes
 from frontend.openapi import build_spec
 from frontend.predict import PredictRoute
@@ -84,8 +84,8 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         exchange = g.get("exchange")
         if exchange is not None:
             response.headers["X-Request-Id"] = exchange.request_id
-            record(exchange, response.status_code, response.content_length or 0,
-                   config.access_log)
+            log_access(exchange, response.status_code, response.content_length or 0,
+                       config.access_log)
         return response
 
     @app.post("/<model>/predict")

@@ -69,15 +69,14 @@ def error_answer(error: MXServeError, request_id: str | None
     return error.status, json_bytes(error.to_dict(request_id)), headers
 
 
-def record(exchange: Exchange, status: int, body_bytes: int, access_log_on: bool) -> None:
-    """Metrics of a predict request, and the access-log line of any request."""
-    if exchange.path.endswith("/predict"):
-        _record_prediction(exchange, status)
-    if access_log_on and access_log.isEnabledFor(logging.INFO):
+def log_access(exchange: Exchange, status: int, body_bytes: int, enabled: bool) -> None:
+    """The access-log line of any request (the line is built only when it will be written)."""
+    if enabled and access_log.isEnabledFor(logging.INFO):
         access_log.info(access_line(exchange, status, body_bytes))
 
 
-def _record_prediction(exchange: Exchange, status: int) -> None:
+def record_prediction(exchange: Exchange, status: int) -> None:
+    """The metrics of one predict request, whatever its outcome."""
     model = exchange.model
     metrics.PREDICTIONS.labels(model, metrics.status_class(status)).inc()
     metrics.REQUEST_SECONDS.labels(model).observe(time.monotonic() - exchange.started)

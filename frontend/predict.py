@@ -27,8 +27,8 @@ from frontend.admission import waited_s
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
 from frontend.decode import Limits, decode_inputs
-from frontend.exchange import (Exchange, error_answer, json_bytes, next_wire_id, record,
-                               request_id_for)
+from frontend.exchange import (Exchange, error_answer, json_bytes, log_access, next_wire_id,
+                               record_prediction, request_id_for)
 from frontend.form import FormLimits, read_fields
 
 log = logging.getLogger("frontend")
@@ -54,8 +54,8 @@ class PredictRoute:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if (environ.get("REQUEST_METHOD") != "POST" or not path.endswith(SUFFIX)
-                or path.count("/") != 2 or len(path) == len(SUFFIX) + 1
+        name = path[1:-len(SUFFIX)] if path.endswith(SUFFIX) else ""
+        if (environ.get("REQUEST_METHOD") != "POST" or not name or "/" in name
                 or self._claimed_by_custom_endpoint(path)):
             return self.app(environ, start_response)
         wire_id = next_wire_id()
@@ -75,7 +75,8 @@ class PredictRoute:
                 exchange.request_id)
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        record(exchange, status, len(body), self.config.access_log)
+        record_prediction(exchange, status)
+        log_access(exchange, status, len(body), self.config.access_log)
         return [body]
 
     def _claimed_by_custom_endpoint(self, path: str) -> bool:

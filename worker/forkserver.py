@@ -176,9 +176,6 @@ class ForkedProcess:
             except ProcessLookupError:
                 pass
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
@@ -199,10 +196,6 @@ class ForkServer:
         self.ready = False
         self.started_at = 0.0
 
-    @property
-    def alive(self) -> bool:
-        return self._sock is not None
-
     def start(self) -> None:
         ours, theirs = socket.socketpair()
         self._process = self._start([sys.executable, "-m", "worker.forkserver",
@@ -212,13 +205,6 @@ class ForkServer:
         ours.setblocking(False)
         self._sock, self._buffer, self.ready = ours, b"", False
         self.started_at = time.monotonic()
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not self.ready and self._sock is not None and time.monotonic() < deadline:
-            select.select([self._sock], [], [], max(0.0, deadline - time.monotonic()))
-            self.pump()
-        return self.ready
 
     def can_fork(self, env: dict[str, str]) -> bool:
         self.pump()
