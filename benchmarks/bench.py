@@ -6,7 +6,8 @@ measured side by side in one run on one machine.
 
   1. The limit: in-process MXNet, same model files, same preprocessing (the frontend's own
      decode function, then the worker's predictor), all cores as 2 processes x 1 thread,
-     at batch 1 and 8, with and without MKLDNN's subgraph backend; the best is the limit.
+     at batch 1 and 8, in three variants: MKLDNN's subgraph backend on, off, and off with
+     BatchNorms folded into convolutions (what served workers run); the best is the limit.
      Batch-1 latency of decode + forward, 1 thread (what one served worker has) and all
      cores.
   2. mxserve under wrk (multipart POST, benchmarks/multipart.lua) at each connection count:
@@ -60,10 +61,15 @@ INPUTS = {
 
 # -- the limit: in-process MXNet ------------------------------------------------------------
 
+# MXNet's own configurations (its MKLDNN subgraph fusion on or off) and mxserve's (no
+# subgraph, BatchNorms folded into convolutions): the limit is the best of them.
+VARIANTS = ("mkldnn", "plain", "folded")
+
+
 def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
-                  seconds: float, subgraph: bool, results: mp.Queue) -> None:
+                  seconds: float, variant: str, results: mp.Queue) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if subgraph else "NONE"
+    os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if variant == "mkldnn" else "NONE"
     import mxnet as mx
     import numpy as np
 
@@ -74,7 +80,8 @@ def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
     predictor = BucketedPredictor(archive.symbol_path, archive.params_path, [spec.name],
-                                  [tuple(spec.shape[1:])], mx.cpu())
+                                  [tuple(spec.shape[1:])], mx.cpu(),
+                                  fold_batch_norm=variant == "folded")
     predictor.set_max_batch_size(batch)
     data = Path(input_file).read_bytes()
 
@@ -93,9 +100,9 @@ def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
 
 
 def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: int,
-                    subgraph: bool, results: mp.Queue) -> None:
+                    variant: str, results: mp.Queue) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if subgraph else "NONE"
+    os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if variant == "mkldnn" else "NONE"
     import mxnet as mx
     import numpy as np
 
@@ -106,7 +113,8 @@ def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: 
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
     predictor = BucketedPredictor(archive.symbol_path, archive.params_path, [spec.name],
-                                  [tuple(spec.shape[1:])], mx.cpu())
+                                  [tuple(spec.shape[1:])], mx.cpu(),
+                                  fold_batch_norm=variant == "folded")
     data = Path(input_file).read_bytes()
     samples = []
     for i in range(40):
@@ -143,22 +151,22 @@ def measure_limit(archive: Path, extract_dir: Path, input_file: Path, seconds: f
     context = mp.get_context("spawn")  # fresh interpreters: no MXNet state before fork
     model_dir = archive
     throughput = {}
-    for subgraph in (True, False):
+    for variant in VARIANTS:
         for batch in (1, 8):
             queue = context.Queue()
             procs = [context.Process(target=_limit_worker, args=(
-                str(model_dir), str(extract_dir), str(input_file), batch, seconds, subgraph,
+                str(model_dir), str(extract_dir), str(input_file), batch, seconds, variant,
                 queue)) for _ in range(os.cpu_count() or 1)]
             total = sum(_collect(procs, queue, seconds + 300))
-            throughput[f"batch{batch}_{'mkldnn' if subgraph else 'plain'}"] = round(total, 2)
+            throughput[f"batch{batch}_{variant}"] = round(total, 2)
     latency = {}
     for threads in (1, os.cpu_count() or 1):
-        for subgraph in (True, False):
+        for variant in VARIANTS:
             queue = context.Queue()
             p = context.Process(target=_latency_worker, args=(
-                str(model_dir), str(extract_dir), str(input_file), threads, subgraph, queue))
+                str(model_dir), str(extract_dir), str(input_file), threads, variant, queue))
             [value] = _collect([p], queue, 300)
-            latency[f"{threads}thread_{'mkldnn' if subgraph else 'plain'}"] = round(value, 2)
+            latency[f"{threads}thread_{variant}"] = round(value, 2)
     return {"images_per_s": throughput, "best_images_per_s": max(throughput.values()),
             "batch1_latency_ms": latency}
 

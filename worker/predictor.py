@@ -10,7 +10,9 @@ to 8, 33.3 ms/image exact). With MKLDNN's subgraph backend each reshaped executo
 own fused weights (+400 MB for resnet18 at sizes 1-8), which is why workers run with
 MXNET_SUBGRAPH_BACKEND=NONE by default (within 3 % of its speed here; see worker/pool.py).
 The loaded parameters are dropped once copied into the executor (one copy of the weights,
-not two) and re-read from the file if the executor is ever rebound.
+not two) and re-read from the file if the executor is ever rebound. BatchNorms after
+convolutions are folded into them first (worker/batchnorm_folding.py), which is most of
+what the subgraph backend's fusion gained at batch 1, without its per-executor copies.
 
 Call it from one long-lived thread only (MXNet leaks memory per short-lived thread).
 """
@@ -26,6 +28,7 @@ import mxnet as mx
 import numpy as np
 
 from common.errors import ArchiveError
+from worker.batchnorm_folding import fold_batch_norms
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,11 @@ def batch_buckets(max_batch_size: int) -> list[int]:
 
 class BucketedPredictor:
     def __init__(self, symbol_path: Path, params_path: Path, input_names: Sequence[str],
-                 sample_shapes: Sequence[tuple[int, ...]], ctx: mx.Context) -> None:
+                 sample_shapes: Sequence[tuple[int, ...]], ctx: mx.Context,
+                 fold_batch_norm: bool = True) -> None:
         """`sample_shapes`: each input's shape without the batch axis, 0s replaced by 1."""
+        self.fold_batch_norm = fold_batch_norm
+        self.folded_batch_norms = 0
         try:
             self.symbol = mx.sym.load(str(symbol_path))
         except mx.base.MXNetError as exc:
@@ -108,8 +114,15 @@ class BucketedPredictor:
 
     def _bind(self, batch: int, shapes: tuple[tuple[int, ...], ...]) -> mx.executor.Executor:
         input_shapes = {n: (batch, *s) for n, s in zip(self.input_names, shapes)}
-        exe = self.symbol.simple_bind(self.ctx, grad_req="null", **input_shapes)
         arg_params, aux_params = self._load_params()
+        symbol = self.symbol
+        if self.fold_batch_norm:
+            symbol, arg_params, aux_params, folded = fold_batch_norms(symbol, arg_params,
+                                                                      aux_params)
+            if folded and folded != self.folded_batch_norms:
+                log.info("folded %d BatchNorm(s) into the convolutions before them", folded)
+            self.folded_batch_norms = folded
+        exe = symbol.simple_bind(self.ctx, grad_req="null", **input_shapes)
         missing = []
         for name, array in exe.arg_dict.items():
             if name in input_shapes:

@@ -1,0 +1,118 @@
+"""Folding inference-mode BatchNorm into the Convolution before it.
+
+At inference a BatchNorm after a convolution is a per-channel affine map, so it can live in
+the convolution's weights and bias instead (the rewrite inference compilers do first):
+
+    scale = gamma / sqrt(moving_var + eps)          (gamma = 1 when fix_gamma)
+    W'    = W * scale   (per output channel)
+    b'    = (b - moving_mean) * scale + beta        (b = 0 without a bias)
+
+One pass over the activations fewer per BatchNorm, and fewer parameters. Measured on the
+sample resnet18 (20 BatchNorms, 1 OpenMP thread, naive engine, alternating runs): batch 1
+62-70 -> 54-62 ms, batch 2-4 2-5 % faster, batch 8 the same; outputs differ by < 2e-6.
+
+Only the unambiguous case is rewritten: a BatchNorm on channel axis 1 whose input is an
+NCHW Convolution used by nothing else, whose own extra outputs (batch mean and variance)
+nobody reads, and whose beta variable feeds only it (beta's node becomes the convolution's
+bias). Everything else is left as it was. The caller's parameter dicts are not modified.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+
+DEFAULT_EPS = 1e-3  # MXNet's BatchNorm default, when the symbol does not say
+
+
+def fold_batch_norms(symbol: mx.sym.Symbol, args: dict[str, mx.nd.NDArray],
+                     auxs: dict[str, mx.nd.NDArray]
+                     ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
+                                dict[str, mx.nd.NDArray], int]:
+    """(symbol, args, auxs, how many BatchNorms were folded)."""
+    graph = json.loads(symbol.tojson())
+    nodes = graph["nodes"]
+    readers: dict[int, list[tuple[int, int]]] = {}  # node -> [(reader, output index)]
+    for index, node in enumerate(nodes):
+        for source, output, *_ in node["inputs"]:
+            readers.setdefault(source, []).append((index, output))
+    for source, output, *_ in graph["heads"]:
+        readers.setdefault(source, []).append((-1, output))
+    args, auxs = dict(args), dict(auxs)
+    replaced: dict[int, int] = {}  # BatchNorm node -> the convolution now producing it
+    for index, node in enumerate(nodes):
+        conv_index = _foldable(nodes, readers, index, args, auxs)
+        if conv_index is None:
+            continue
+        conv, attrs = nodes[conv_index], node.get("attrs", {})
+        gamma, beta, mean, var = (nodes[i]["name"] for i, *_ in node["inputs"][1:5])
+        scale = 1.0 / np.sqrt(auxs[var].asnumpy().astype(np.float64)
+                              + float(attrs.get("eps", DEFAULT_EPS)))
+        if not _true(attrs.get("fix_gamma", "True")):
+            scale = scale * args[gamma].asnumpy()
+        weight = nodes[conv["inputs"][1][0]]["name"]
+        folded_weight = args[weight].asnumpy() * scale.reshape(-1, *[1] * (args[weight].ndim - 1))
+        bias = (args[nodes[conv["inputs"][2][0]]["name"]].asnumpy().astype(np.float64)
+                if _has_bias(conv) else np.zeros_like(scale))
+        folded_bias = (bias - auxs[mean].asnumpy()) * scale + args[beta].asnumpy()
+        dtype = args[weight].dtype
+        args[weight] = mx.nd.array(folded_weight, dtype=dtype)
+        # beta's variable node (read by this BatchNorm only) becomes the convolution's bias
+        args[beta] = mx.nd.array(folded_bias, dtype=dtype)
+        conv["attrs"] = {**conv.get("attrs", {}), "no_bias": "False"}
+        conv["inputs"] = [*conv["inputs"][:2], node["inputs"][2]]
+        replaced[index] = conv_index
+    if not replaced:
+        return symbol, args, auxs, 0
+    for node in nodes:
+        node["inputs"] = [[replaced.get(source, source), *rest] for source, *rest in node["inputs"]]
+    graph["heads"] = [[replaced.get(source, source), *rest] for source, *rest in graph["heads"]]
+    folded = mx.sym.load_json(json.dumps(graph))
+    used_args, used_auxs = set(folded.list_arguments()), set(folded.list_auxiliary_states())
+    return (folded, {k: v for k, v in args.items() if k in used_args},
+            {k: v for k, v in auxs.items() if k in used_auxs}, len(replaced))
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("true", "1")
+
+
+def _has_bias(conv: dict[str, Any]) -> bool:
+    return not _true(conv.get("attrs", {}).get("no_bias", "False")) and len(conv["inputs"]) > 2
+
+
+def _foldable(nodes: list[dict[str, Any]], readers: dict[int, list[tuple[int, int]]],
+              index: int, args: dict[str, Any], auxs: dict[str, Any]) -> int | None:
+    """The index of the convolution this BatchNorm can fold into, or None."""
+    node = nodes[index]
+    if node["op"] != "BatchNorm" or len(node["inputs"]) != 5:
+        return None
+    if node.get("attrs", {}).get("axis", "1") != "1":
+        return None
+    if any(output != 0 for _, output in readers.get(index, [])):
+        return None  # someone reads the batch mean or variance
+    conv_index, conv_output, *_ = node["inputs"][0]
+    conv = nodes[conv_index]
+    if conv["op"] != "Convolution" or conv_output != 0:
+        return None
+    if conv.get("attrs", {}).get("layout", "NCHW") not in ("NCHW", "NCW", "NCDHW"):
+        return None
+    if readers.get(conv_index) != [(index, 0)]:
+        return None  # the unnormalised convolution output is read elsewhere too
+    gamma, beta, mean, var = (nodes[i]["name"] for i, *_ in node["inputs"][1:5])
+    weight_node = conv["inputs"][1][0]
+    beta_node = node["inputs"][2][0]
+    if readers.get(beta_node) != [(index, 0)] or readers.get(weight_node) != [(conv_index, 0)]:
+        return None  # shared parameters: rewriting them would change another layer
+    weight = nodes[weight_node]["name"]
+    if not ({gamma, beta, weight} <= args.keys() and {mean, var} <= auxs.keys()):
+        return None
+    if _has_bias(conv) and nodes[conv["inputs"][2][0]]["name"] not in args:
+        return None
+    channels = args[weight].shape[0]
+    if any(array.shape != (channels,) for array in
+           (args[gamma], args[beta], auxs[mean], auxs[var])):
+        return None
+    return conv_index
