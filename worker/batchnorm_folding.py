@@ -15,11 +15,16 @@ Only the unambiguous case is rewritten: a BatchNorm on channel axis 1 whose inpu
 NCHW Convolution used by nothing else, whose own extra outputs (batch mean and variance)
 nobody reads, and whose beta variable feeds only it (beta's node becomes the convolution's
 bias). Everything else is left as it was. The caller's parameter dicts are not modified.
+
+Planned from the parameters' names and shapes before binding, applied to the values after:
+the predictor binds first and loads the weights second, as without folding, so the loaded
+copy is freed above the executor's memory (loading first left a hole: +23 MiB per worker).
 """
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import mxnet as mx
 import numpy as np
@@ -27,11 +32,23 @@ import numpy as np
 DEFAULT_EPS = 1e-3  # MXNet's BatchNorm default, when the symbol does not say
 
 
-def fold_batch_norms(symbol: mx.sym.Symbol, args: dict[str, mx.nd.NDArray],
-                     auxs: dict[str, mx.nd.NDArray]
-                     ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
-                                dict[str, mx.nd.NDArray], int]:
-    """(symbol, args, auxs, how many BatchNorms were folded)."""
+@dataclass(frozen=True)
+class Fold:
+    """One BatchNorm folded into a convolution: the parameter names involved."""
+
+    weight: str
+    conv_bias: str | None  # the convolution's own bias, if it had one
+    gamma: str | None  # None when fix_gamma (gamma is 1)
+    beta: str  # its variable becomes the convolution's bias
+    mean: str
+    var: str
+    eps: float
+
+
+def plan_folds(symbol: mx.sym.Symbol, args: Mapping[str, Any], auxs: Mapping[str, Any]
+               ) -> tuple[mx.sym.Symbol, list[Fold]]:
+    """The rewritten symbol and what to fold. Only the parameters' names and shapes are
+    read: the predictor plans once, then binds, then folds the values it loads."""
     graph = json.loads(symbol.tojson())
     nodes = graph["nodes"]
     readers: dict[int, list[tuple[int, int]]] = {}  # node -> [(reader, output index)]
@@ -40,39 +57,61 @@ def fold_batch_norms(symbol: mx.sym.Symbol, args: dict[str, mx.nd.NDArray],
             readers.setdefault(source, []).append((index, output))
     for source, output, *_ in graph["heads"]:
         readers.setdefault(source, []).append((-1, output))
-    args, auxs = dict(args), dict(auxs)
     replaced: dict[int, int] = {}  # BatchNorm node -> the convolution now producing it
+    folds = []
     for index, node in enumerate(nodes):
         conv_index = _foldable(nodes, readers, index, args, auxs)
         if conv_index is None:
             continue
         conv, attrs = nodes[conv_index], node.get("attrs", {})
         gamma, beta, mean, var = (nodes[i]["name"] for i, *_ in node["inputs"][1:5])
-        scale = 1.0 / np.sqrt(auxs[var].asnumpy().astype(np.float64)
-                              + float(attrs.get("eps", DEFAULT_EPS)))
-        if not _true(attrs.get("fix_gamma", "True")):
-            scale = scale * args[gamma].asnumpy()
-        weight = nodes[conv["inputs"][1][0]]["name"]
-        folded_weight = args[weight].asnumpy() * scale.reshape(-1, *[1] * (args[weight].ndim - 1))
-        bias = (args[nodes[conv["inputs"][2][0]]["name"]].asnumpy().astype(np.float64)
-                if _has_bias(conv) else np.zeros_like(scale))
-        folded_bias = (bias - auxs[mean].asnumpy()) * scale + args[beta].asnumpy()
-        dtype = args[weight].dtype
-        args[weight] = mx.nd.array(folded_weight, dtype=dtype)
-        # beta's variable node (read by this BatchNorm only) becomes the convolution's bias
-        args[beta] = mx.nd.array(folded_bias, dtype=dtype)
+        folds.append(Fold(weight=nodes[conv["inputs"][1][0]]["name"],
+                          conv_bias=nodes[conv["inputs"][2][0]]["name"] if _has_bias(conv)
+                          else None,
+                          gamma=None if _true(attrs.get("fix_gamma", "True")) else gamma,
+                          beta=beta, mean=mean, var=var,
+                          eps=float(attrs.get("eps", DEFAULT_EPS))))
         conv["attrs"] = {**conv.get("attrs", {}), "no_bias": "False"}
         conv["inputs"] = [*conv["inputs"][:2], node["inputs"][2]]
         replaced[index] = conv_index
     if not replaced:
-        return symbol, args, auxs, 0
+        return symbol, []
     for node in nodes:
         node["inputs"] = [[replaced.get(source, source), *rest] for source, *rest in node["inputs"]]
     graph["heads"] = [[replaced.get(source, source), *rest] for source, *rest in graph["heads"]]
-    folded = mx.sym.load_json(json.dumps(graph))
+    return mx.sym.load_json(json.dumps(graph)), folds
+
+
+def apply_folds(folds: list[Fold], args: dict[str, mx.nd.NDArray],
+                auxs: dict[str, mx.nd.NDArray]) -> dict[str, mx.nd.NDArray]:
+    """A copy of `args` holding the folded weights and biases (computed in float64)."""
+    args = dict(args)
+    for fold in folds:
+        weight = args[fold.weight]
+        scale = 1.0 / np.sqrt(auxs[fold.var].asnumpy().astype(np.float64) + fold.eps)
+        if fold.gamma is not None:
+            scale = scale * args[fold.gamma].asnumpy()
+        bias = (args[fold.conv_bias].asnumpy().astype(np.float64) if fold.conv_bias
+                else np.zeros_like(scale))
+        folded_bias = (bias - auxs[fold.mean].asnumpy()) * scale + args[fold.beta].asnumpy()
+        args[fold.weight] = mx.nd.array(
+            weight.asnumpy() * scale.reshape(-1, *[1] * (weight.ndim - 1)), dtype=weight.dtype)
+        args[fold.beta] = mx.nd.array(folded_bias, dtype=weight.dtype)
+    return args
+
+
+def fold_batch_norms(symbol: mx.sym.Symbol, args: dict[str, mx.nd.NDArray],
+                     auxs: dict[str, mx.nd.NDArray]
+                     ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
+                                dict[str, mx.nd.NDArray], int]:
+    """Plan and apply in one go: (symbol, args, auxs it still reads, BatchNorms folded)."""
+    folded, folds = plan_folds(symbol, args, auxs)
+    if not folds:
+        return symbol, dict(args), dict(auxs), 0
+    new_args = apply_folds(folds, args, auxs)
     used_args, used_auxs = set(folded.list_arguments()), set(folded.list_auxiliary_states())
-    return (folded, {k: v for k, v in args.items() if k in used_args},
-            {k: v for k, v in auxs.items() if k in used_auxs}, len(replaced))
+    return (folded, {k: v for k, v in new_args.items() if k in used_args},
+            {k: v for k, v in auxs.items() if k in used_auxs}, len(folds))
 
 
 def _true(value: str) -> bool:
@@ -84,7 +123,7 @@ def _has_bias(conv: dict[str, Any]) -> bool:
 
 
 def _foldable(nodes: list[dict[str, Any]], readers: dict[int, list[tuple[int, int]]],
-              index: int, args: dict[str, Any], auxs: dict[str, Any]) -> int | None:
+              index: int, args: Mapping[str, Any], auxs: Mapping[str, Any]) -> int | None:
     """The index of the convolution this BatchNorm can fold into, or None."""
     node = nodes[index]
     if node["op"] != "BatchNorm" or len(node["inputs"]) != 5:

@@ -28,7 +28,7 @@ import mxnet as mx
 import numpy as np
 
 from common.errors import ArchiveError
-from worker.batchnorm_folding import fold_batch_norms
+from worker.batchnorm_folding import Fold, apply_folds, plan_folds
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class BucketedPredictor:
                  fold_batch_norm: bool = True) -> None:
         """`sample_shapes`: each input's shape without the batch axis, 0s replaced by 1."""
         self.fold_batch_norm = fold_batch_norm
-        self.folded_batch_norms = 0
         try:
             self.symbol = mx.sym.load(str(symbol_path))
         except mx.base.MXNetError as exc:
@@ -78,6 +77,12 @@ class BucketedPredictor:
         if missing_inputs:
             raise ArchiveError(f"signature inputs {missing_inputs} are not inputs of the symbol "
                                f"(its arguments: {self.symbol.list_arguments()[:8]}...)")
+        self._bound_symbol, self._folds = self.symbol, list[Fold]()
+        if fold_batch_norm:
+            self._bound_symbol, self._folds = plan_folds(self.symbol, *self._load_params())
+            if self._folds:
+                log.info("folding %d BatchNorm(s) into the convolutions before them",
+                         len(self._folds))
         self.max_batch_size = 0
         self._default_shapes = tuple(tuple(s) for s in sample_shapes)
         self._executors: OrderedDict[tuple, mx.executor.Executor] = OrderedDict()
@@ -114,15 +119,10 @@ class BucketedPredictor:
 
     def _bind(self, batch: int, shapes: tuple[tuple[int, ...], ...]) -> mx.executor.Executor:
         input_shapes = {n: (batch, *s) for n, s in zip(self.input_names, shapes)}
+        exe = self._bound_symbol.simple_bind(self.ctx, grad_req="null", **input_shapes)
         arg_params, aux_params = self._load_params()
-        symbol = self.symbol
-        if self.fold_batch_norm:
-            symbol, arg_params, aux_params, folded = fold_batch_norms(symbol, arg_params,
-                                                                      aux_params)
-            if folded and folded != self.folded_batch_norms:
-                log.info("folded %d BatchNorm(s) into the convolutions before them", folded)
-            self.folded_batch_norms = folded
-        exe = symbol.simple_bind(self.ctx, grad_req="null", **input_shapes)
+        if self._folds:
+            arg_params = apply_folds(self._folds, arg_params, aux_params)
         missing = []
         for name, array in exe.arg_dict.items():
             if name in input_shapes:

@@ -92,3 +92,20 @@ def test_a_batchnorm_over_another_axis_is_left_alone():
     symbol = mx.sym.BatchNorm(conv, axis=3, fix_gamma=False, name="bn")
     args, auxs = _params(symbol, (2, 3, 8, 8))
     assert fold_batch_norms(symbol, args, auxs)[3] == 0
+
+
+def test_the_predictor_folds_the_sample_resnet18_and_answers_the_same(sample_models, tmp_path):
+    from common.archive import load_archive
+    from worker.predictor import BucketedPredictor
+
+    archive = load_archive(str(sample_models["resnet18"]), tmp_path)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 3, 224, 224)).astype(np.float32)
+    outputs = []
+    for fold in (False, True):
+        predictor = BucketedPredictor(archive.symbol_path, archive.params_path, ["data"],
+                                      [(3, 224, 224)], mx.cpu(), fold_batch_norm=fold)
+        predictor.set_max_batch_size(4)
+        outputs.append(predictor.forward([x])[0].asnumpy())
+        assert len(predictor._folds) == (20 if fold else 0)
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+    assert (outputs[0].argmax(axis=1) == outputs[1].argmax(axis=1)).all()
