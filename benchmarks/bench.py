@@ -424,7 +424,7 @@ def main() -> None:
                     platform.machine(), "python": platform.python_version()},
         "limit": {}, "served": {},
     }
-    def limit(model: str, when: str) -> dict:
+    def limit_of(model: str, when: str) -> dict:
         print(f"limit: {model} in-process ({when}) ...", flush=True)
         measured = measure_limit(args.models_dir / f"{model}.model", args.out / "extract",
                                  args.models_dir / INPUTS[model][0], args.limit_seconds)
@@ -451,12 +451,12 @@ def main() -> None:
     # measured right before and right after the runs it is compared with, and the ratios
     # use the mean of the two (the drift is reported beside them).
     cores = str(os.cpu_count() or 1)
-    before = limit("resnet18", "before")
+    before = limit_of("resnet18", "before")
     served("resnet18", "resnet18", args.connections, "--workers-per-model", cores)
     served("resnet18 batching off", "resnet18", [1, 32], "--workers-per-model", cores,
            "--max-batch-size", "1")
-    results["limit"]["resnet18"] = bracketed_limit(before, limit("resnet18", "after"))
-    results["limit"]["digits"] = limit("digits", "once")
+    results["limit"]["resnet18"] = bracketed_limit(before, limit_of("resnet18", "after"))
+    results["limit"]["digits"] = limit_of("digits", "once")
     served("digits", "digits", args.connections, "--workers-per-model", cores)
     if 32 in args.connections:
         first = baseline("before")

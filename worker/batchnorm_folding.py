@@ -100,20 +100,6 @@ def apply_folds(folds: list[Fold], args: dict[str, mx.nd.NDArray],
     return args
 
 
-def fold_batch_norms(symbol: mx.sym.Symbol, args: dict[str, mx.nd.NDArray],
-                     auxs: dict[str, mx.nd.NDArray]
-                     ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
-                                dict[str, mx.nd.NDArray], int]:
-    """Plan and apply in one go: (symbol, args, auxs it still reads, BatchNorms folded)."""
-    folded, folds = plan_folds(symbol, args, auxs)
-    if not folds:
-        return symbol, dict(args), dict(auxs), 0
-    new_args = apply_folds(folds, args, auxs)
-    used_args, used_auxs = set(folded.list_arguments()), set(folded.list_auxiliary_states())
-    return (folded, {k: v for k, v in new_args.items() if k in used_args},
-            {k: v for k, v in auxs.items() if k in used_auxs}, len(folds))
-
-
 def _true(value: str) -> bool:
     return value.strip().lower() in ("true", "1")
 

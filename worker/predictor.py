@@ -64,7 +64,6 @@ class BucketedPredictor:
                  sample_shapes: Sequence[tuple[int, ...]], ctx: mx.Context,
                  fold_batch_norm: bool = True) -> None:
         """`sample_shapes`: each input's shape without the batch axis, 0s replaced by 1."""
-        self.fold_batch_norm = fold_batch_norm
         try:
             self.symbol = mx.sym.load(str(symbol_path))
         except mx.base.MXNetError as exc:
@@ -77,7 +76,8 @@ class BucketedPredictor:
         if missing_inputs:
             raise ArchiveError(f"signature inputs {missing_inputs} are not inputs of the symbol "
                                f"(its arguments: {self.symbol.list_arguments()[:8]}...)")
-        self._bound_symbol, self._folds = self.symbol, list[Fold]()
+        self._bound_symbol: mx.sym.Symbol = self.symbol
+        self._folds: list[Fold] = []
         if fold_batch_norm:
             self._bound_symbol, self._folds = plan_folds(self.symbol, *self._load_params())
             if self._folds:

@@ -6,7 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from worker.batchnorm_folding import fold_batch_norms
+from worker.batchnorm_folding import apply_folds, plan_folds
 
 
 def _params(symbol: mx.sym.Symbol, shape: tuple[int, ...], seed: int = 0):
@@ -18,6 +18,15 @@ def _params(symbol: mx.sym.Symbol, shape: tuple[int, ...], seed: int = 0):
     auxs = {name: mx.nd.array(rng.uniform(0.2, 2.0, s) if "var" in name else rng.normal(1, 1, s))
             for name, s in zip(symbol.list_auxiliary_states(), aux_shapes)}
     return args, auxs
+
+
+def fold_batch_norms(symbol, args, auxs):
+    """What the predictor does: plan, apply; plus the parameters the folded graph reads."""
+    folded, folds = plan_folds(symbol, args, auxs)
+    new_args = apply_folds(folds, args, auxs)
+    used = set(folded.list_arguments()) | set(folded.list_auxiliary_states())
+    return (folded, {k: v for k, v in new_args.items() if k in used},
+            {k: v for k, v in auxs.items() if k in used}, len(folds))
 
 
 def _forward(symbol, args, auxs, x):
