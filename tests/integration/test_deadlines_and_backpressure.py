@@ -89,7 +89,9 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(faulty):
         assert int(response.headers["Retry-After"]) >= 1
     slowest_ms = max(r.seconds for r in refused) * 1000
     print(f"queue-full refusals: slowest {slowest_ms:.1f} ms")
-    assert slowest_ms < 50
+    # "At once" means before any worker frees up (0.8 s): a refusal that waited for room
+    # would take that long. Tighter bounds measured scheduling noise (146 ms once).
+    assert slowest_ms < 400
     executed = faulty.executed.read_text()
     assert all(f"{100 + i:.1f}" in executed for i in served)
     assert not any(f"{100 + i:.1f}" in executed for i in set(range(2 * capacity)) - set(served))
