@@ -39,9 +39,10 @@ MAX_RANK = 8
 MAX_ID_CHARS = 128
 
 # Little-endian / byte-order-free numeric dtypes only: the machines we run on are little-endian.
-ALLOWED_DTYPES = frozenset(np.dtype(name).str for name in (
+_DTYPES = {np.dtype(name).str: np.dtype(name) for name in (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float16", "float32", "float64"))
+    "float16", "float32", "float64")}
+ALLOWED_DTYPES = frozenset(_DTYPES)
 
 
 class Kind(enum.IntEnum):
@@ -99,7 +100,7 @@ def from_frames(frames: Sequence[Any]) -> Message:
     """Decode frames (bytes, memoryviews or zmq.Frame); raise ProtocolError if malformed."""
     if len(frames) < 2:
         raise ProtocolError(f"message has {len(frames)} frames, needs at least 2")
-    tag = bytes(_buffer(frames[0]))
+    tag = frames[0].bytes if hasattr(frames[0], "bytes") else bytes(_buffer(frames[0]))
     if tag != TAG:
         raise ProtocolError(f"unknown protocol tag {tag[:8]!r} (expected {TAG!r})")
     header_bytes = _buffer(frames[1])
@@ -154,14 +155,15 @@ def _array(descriptor: Any, frame: Any) -> tuple[str, np.ndarray]:
     name, dtype, shape = descriptor
     if not isinstance(name, str) or not name:
         raise ProtocolError("array name must be a non-empty string")
-    if dtype not in ALLOWED_DTYPES:
+    dt = _DTYPES.get(dtype) if isinstance(dtype, str) else None
+    if dt is None:
         raise ProtocolError(f"array {name!r}: dtype {dtype!r} is not allowed")
-    if (not isinstance(shape, list) or len(shape) > MAX_RANK
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                       for d in shape)):
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
         raise ProtocolError(f"array {name!r}: bad shape {shape!r}")
+    for d in shape:
+        if type(d) is not int or d < 0:  # `type`: a bool is an int, and not a dimension
+            raise ProtocolError(f"array {name!r}: bad shape {shape!r}")
     buffer = _buffer(frame)
-    dt = np.dtype(dtype)
     expected = math.prod(shape) * dt.itemsize  # exact ints; numpy's prod cost ~4 us a call
     if expected != len(buffer):
         raise ProtocolError(f"array {name!r}: shape {shape} of {dtype} needs {expected} bytes, "

@@ -28,6 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from common.errors import DeadlineExceeded, MXServeError, ServiceUnavailable, error_from_wire
 from common.protocol import Item, Kind, Message, from_frames, to_frames
+from common.transport import NOBLOCK, recv_frames, send_frames
 
 
 CONNECT_WAIT_MS = 250  # ipc connects in well under a millisecond; tcp on a LAN in a few
@@ -121,8 +122,7 @@ class BrokerClient:
         """Send one item, return the broker's reply message for it."""
         socket = self._socket()
         try:
-            socket.send_multipart(to_frames(Message(kind, fields, [item])), copy=False,
-                                  flags=zmq.NOBLOCK)
+            send_frames(socket, to_frames(Message(kind, fields, [item])), NOBLOCK)
         except zmq.ZMQError as exc:
             self._reset_socket()
             raise ServiceUnavailable(f"the broker is unreachable: {exc}") from exc
@@ -150,7 +150,7 @@ class BrokerClient:
                                              "handling this request; retry")
                 continue
             try:
-                reply = from_frames(socket.recv_multipart(copy=False))
+                reply = from_frames(recv_frames(socket))
             except MXServeError:
                 continue
             if reply.items and reply.items[0].id == item.id:

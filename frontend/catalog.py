@@ -2,7 +2,8 @@
 
 Asked of the broker and cached briefly, so routing a predict request costs no round trip;
 an unknown model name forces one refresh before the answer is 404, so a model registered
-a moment ago is found.
+a moment ago is found. When the cache expires under load, one thread refreshes it and the
+others keep routing with the previous snapshot instead of all asking the broker at once.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Catalog:
         self.client = client
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
 
     def fetch(self) -> Snapshot:
         """Ask the broker now (raises ServiceUnavailable/DeadlineExceeded if it is gone)."""
@@ -41,16 +43,26 @@ class Catalog:
             self._snapshot = snapshot
         return snapshot
 
-    def signature(self, model: str) -> Signature | None:
+    def current(self) -> Snapshot:
+        """A snapshot at most CATALOG_TTL_S old, or the previous one while another thread
+        is fetching its successor."""
         snapshot = self._snapshot
-        if snapshot is None or time.monotonic() - snapshot.fetched > CATALOG_TTL_S:
-            snapshot = self.fetch()
+        if snapshot is None:
+            return self.fetch()
+        if time.monotonic() - snapshot.fetched <= CATALOG_TTL_S:
+            return snapshot
+        if not self._refreshing.acquire(blocking=False):
+            return snapshot
+        try:
+            return self.fetch()
+        finally:
+            self._refreshing.release()
+
+    def signature(self, model: str) -> Signature | None:
+        snapshot = self.current()
         if model not in snapshot.signatures and time.monotonic() - snapshot.fetched > 0.1:
             snapshot = self.fetch()
         return snapshot.signatures.get(model)
 
     def signatures(self) -> dict[str, Signature]:
-        snapshot = self._snapshot
-        if snapshot is None or time.monotonic() - snapshot.fetched > CATALOG_TTL_S:
-            snapshot = self.fetch()
-        return snapshot.signatures
+        return self.current().signatures

@@ -42,6 +42,7 @@ from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceede
                            InvalidInput, ModelNotFound, MXServeError, ServiceUnavailable)
 from common.logs import setup_logging
 from common.protocol import Item, Kind, Message, from_frames, to_frames
+from common.transport import NOBLOCK, recv_frames, send_frames
 from worker.pool import WorkerPool, plan_workers
 
 log = logging.getLogger("broker")
@@ -248,7 +249,7 @@ class Broker:
         dropped, never raised."""
         while True:
             try:
-                identity, *frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                identity, *frames = recv_frames(socket, NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -641,13 +642,13 @@ class Broker:
 
     def _send_frontend(self, identity: bytes, message: Message) -> None:
         try:
-            self.frontends.send_multipart([identity, *to_frames(message)], copy=False)
+            send_frames(self.frontends, [identity, *to_frames(message)])
         except zmq.ZMQError as exc:  # EHOSTUNREACH: that frontend thread's socket is gone
             log.info("reply to a departed frontend dropped: %s", exc)
 
     def _send_worker(self, identity: bytes, message: Message) -> bool:
         try:
-            self.backend.send_multipart([identity, *to_frames(message)], copy=False)
+            send_frames(self.backend, [identity, *to_frames(message)])
             return True
         except zmq.ZMQError as exc:
             log.warning("send to worker %r failed: %s", identity, exc)

@@ -135,7 +135,9 @@ class Worker:
     def __init__(self, archive: Any, service: Any, args: argparse.Namespace) -> None:
         import zmq  # after any fork: nothing ZeroMQ exists before the process starts
 
-        self.zmq = zmq
+        from common import transport
+
+        self.zmq, self.transport = zmq, transport
         self.archive = archive
         self.service = service
         self.args = args
@@ -204,7 +206,7 @@ class Worker:
         # Drain everything queued: a broker restart can leave several messages waiting.
         while not self.stopping:
             try:
-                frames = self.socket.recv_multipart(self.zmq.NOBLOCK, copy=False)
+                frames = self.transport.recv_frames(self.socket, self.transport.NOBLOCK)
             except self.zmq.Again:
                 return
             self.last_heard = time.monotonic()
@@ -238,7 +240,7 @@ class Worker:
 
     def _send(self, message: Message) -> None:
         try:
-            self.socket.send_multipart(to_frames(message), copy=False)
+            self.transport.send_frames(self.socket, to_frames(message))
         except self.zmq.ZMQError as exc:
             log.warning("send to broker failed: %s", exc)
 

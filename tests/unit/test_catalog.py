@@ -1,0 +1,64 @@
+"""The frontend's catalog cache: fresh within its TTL, one refresh at a time after it, and
+a forced refresh for a model it does not know yet."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from frontend import catalog as catalog_module
+from frontend.catalog import Catalog
+
+SIGNATURE = {"input_type": "application/json", "output_type": "application/json",
+             "inputs": [{"data_name": "data", "data_shape": [0, 4]}],
+             "outputs": [{"data_name": "out", "data_shape": [0, 4]}]}
+
+
+class CountingBroker:
+    """Stands in for BrokerClient.catalog: counts calls, each taking `delay_s`."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.calls = 0
+        self.delay_s = delay_s
+        self.models = {"a": {"signature": SIGNATURE}}
+        self._lock = threading.Lock()
+
+    def catalog(self, timeout_s: float) -> dict:
+        with self._lock:
+            self.calls += 1
+        time.sleep(self.delay_s)
+        return {"models": dict(self.models)}
+
+
+def test_within_the_ttl_no_call_reaches_the_broker():
+    broker = CountingBroker()
+    catalog = Catalog(broker)
+    assert catalog.signature("a") is not None
+    for _ in range(100):
+        catalog.signature("a")
+    assert broker.calls == 1
+
+
+def test_after_the_ttl_one_thread_refreshes_while_the_others_use_the_old_snapshot(
+        monkeypatch):
+    broker = CountingBroker(delay_s=0.3)
+    catalog = Catalog(broker)
+    catalog.signature("a")
+    monkeypatch.setattr(catalog_module, "CATALOG_TTL_S", 0.0)
+    with ThreadPoolExecutor(16) as pool:
+        started = time.monotonic()
+        answers = list(pool.map(lambda _: (catalog.signature("a"), time.monotonic()),
+                                range(16)))
+    assert all(signature is not None for signature, _ in answers)
+    assert broker.calls == 2  # the first fetch, then exactly one refresh
+    waited = sorted(t - started for _, t in answers)
+    assert waited[-2] < 0.2  # only the refreshing thread waited for the broker
+
+
+def test_an_unknown_model_forces_a_refresh_so_a_new_registration_is_found():
+    broker = CountingBroker()
+    catalog = Catalog(broker)
+    assert catalog.signature("b") is None
+    time.sleep(0.15)
+    broker.models["b"] = {"signature": SIGNATURE}
+    assert catalog.signature("b") is not None
