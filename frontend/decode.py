@@ -127,8 +127,12 @@ def decode_image(data: bytes, spec: TensorSpec, limits: Limits) -> np.ndarray:
             rotated = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
             image.draft(image.mode, (height, width) if rotated else (width, height))
         image.load()  # strict: a truncated or corrupt file raises here
-        image = ImageOps.exif_transpose(image)
-        image = image.convert("RGB" if spec.channels == 3 else "L")
+        # In place and only when needed: the copying forms copy every pixel even when
+        # there is nothing to rotate or convert (0.2-0.4 ms on a 640x427 photo).
+        ImageOps.exif_transpose(image, in_place=True)
+        mode = "RGB" if spec.channels == 3 else "L"
+        if image.mode != mode:
+            image = image.convert(mode)
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"the image could not be decoded: {exc}") from exc
     pixels_hwc = np.asarray(image)
