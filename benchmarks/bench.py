@@ -156,7 +156,7 @@ def measure_limit(archive: Path, extract_dir: Path, input_file: Path, seconds: f
     model_dir = archive
     throughput = {}
     for variant in VARIANTS:
-        for batch in (1, 8):
+        for batch in (1, 4, 8):
             queue = context.Queue()
             procs = [context.Process(target=_limit_worker, args=(
                 str(model_dir), str(extract_dir), str(input_file), batch, seconds, variant,

@@ -99,9 +99,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("frontend_threads", int, 32, "threads per gunicorn process (gthread)", _positive),
     Setting("max_batch_size", int, 32, "most requests sent to a worker in one batch (each "
             "worker may take fewer: batch_memory_mb)", _positive),
-    Setting("batch_memory_mb", float, 288.0, "a worker lowers its max_batch_size so that a "
+    Setting("batch_memory_mb", float, 144.0, "a worker lowers its max_batch_size so that a "
             "batch's activations, estimated from the model's symbol, fit in this (resnet18 "
-            "at 224x224: 32.6 MiB per sample, so 8); 0: no cap", _non_negative),
+            "at 224x224: 32.6 MiB per sample, so 4; measured fastest on CPU, raise it for "
+            "GPUs); 0: no cap", _non_negative),
     Setting("max_batch_delay_ms", float, 0.0, "how long the broker may hold a partial batch",
             _non_negative),
     Setting("batching", list, [], "per-model batching overrides, as name=max_batch_size[:"

@@ -49,16 +49,16 @@ def test_max_batch_size_one_means_no_batching(sample_models):
 
 
 def test_each_worker_caps_the_batch_by_its_models_activation_memory(sample_models):
-    """Default max batch 32: resnet18 (32.6 MiB of activations per sample) is capped at 8
-    by batch_memory_mb 288, noop takes 32, and the broker never sends more than the cap."""
+    """Default max batch 32: resnet18 (32.6 MiB of activations per sample) is capped at 4
+    by batch_memory_mb 144, noop takes 32, and the broker never sends more than the cap."""
     server = Server([f"noop={sample_models['noop']}", f"resnet18={sample_models['resnet18']}"])
     try:
         server.wait_ready()
         models = server.catalog()["models"]
         assert models["resnet18"]["max_batch_size"] == 32
-        assert models["resnet18"]["worker_max_batch_size"] == 8
+        assert models["resnet18"]["worker_max_batch_size"] == 4
         assert models["noop"]["worker_max_batch_size"] == 32
-        assert "max batch size 32 -> 8" in server.log_text()
+        assert "max batch size 32 -> 4" in server.log_text()
         image = (sample_models["resnet18"].parent / "examples" / "china.jpg").read_bytes()
 
         def post(_: int) -> requests.Response:
@@ -68,6 +68,6 @@ def test_each_worker_caps_the_batch_by_its_models_activation_memory(sample_model
         with ThreadPoolExecutor(12) as pool:
             responses = list(pool.map(post, range(12)))
         assert [r.status_code for r in responses] == [200] * 12
-        assert max(batch_size(r) for r in responses) <= 8
+        assert max(batch_size(r) for r in responses) <= 4
     finally:
         assert server.stop() == 0

@@ -8,7 +8,8 @@ from worker.main import batch_size_within_memory
 
 
 @pytest.mark.parametrize("model, budget_mb, expected", [
-    ("resnet18", 288, 8),   # 32.6 MiB per sample at 224x224
+    ("resnet18", 144, 4),   # 32.6 MiB per sample at 224x224; the default budget
+    ("resnet18", 288, 8),
     ("resnet18", 100, 3),
     ("resnet18", 1, 1),     # never below 1
     ("digits", 288, 32),    # 0.2 MiB per sample: the requested size
