@@ -2,11 +2,12 @@
 """mxserve's benchmark suite: served performance against the in-process MXNet limit,
 measured side by side in one run on one machine.
 
-    python benchmarks/bench.py [--duration 10] [--connections 1 8 32 128] [--out DIR]
+    python benchmarks/bench.py [--duration 10] [--connections 1 8 32 128] [--pairs 3]
+                               [--out DIR]
 
   1. The limit: in-process MXNet, same model files, same preprocessing (the frontend's own
      decode function, then the worker's predictor), all cores as 2 processes x 1 thread,
-     at batch 1 and 8, in three variants: MKLDNN's subgraph backend on, off, and off with
+     at batch 1, 4 and 8, in three variants: MKLDNN's subgraph backend on, off, and off with
      BatchNorms folded into convolutions (what served workers run); the best is the limit.
      Batch-1 latency of decode + forward, 1 thread (what one served worker has) and all
      cores.
@@ -23,7 +24,10 @@ measured side by side in one run on one machine.
 
 The machine's speed drifts, so the resnet18 limit is measured right before and right after
 the resnet18 runs and the plain Flask baseline right before and after the noop runs; ratios
-use the mean of each pair, and the drift between the two is printed beside them.
+use the mean of each pair, and the drift between the two is printed beside them. The noop
+/ plain Flask ratios are also measured in `--pairs` alternating pairs (plain Flask, then a
+fresh noop server, at 32 connections), whose median is the steadier figure: within a
+pair, the two sides run a minute apart.
 
 Results go to <out>/latest.json, <out>/latest.md and <out>/throughput_p99.png. Every load
 is bounded: wrk runs `--duration` seconds per point. Run it alone: two cores are all there is.
@@ -184,6 +188,18 @@ def bracketed_limit(before: dict, after: dict) -> dict:
             "best_images_per_s_after": after["best_images_per_s"],
             "drift_after_before": round(after["best_images_per_s"]
                                         / before["best_images_per_s"], 3)}
+
+
+def paired_ratios(pairs: list[dict]) -> dict:
+    """noop / plain Flask per alternating pair, and the median pair: with both sides of a
+    pair measured a minute apart, drift mostly cancels within it."""
+    throughput = [p["noop"]["requests_per_s"] / p["plain"]["requests_per_s"] for p in pairs]
+    cpu = [p["noop"]["server_cpu_ms_per_request"] / p["plain"]["server_cpu_ms_per_request"]
+           for p in pairs]
+    return {"throughput": [round(r, 3) for r in throughput],
+            "cpu_per_request": [round(r, 3) for r in cpu],
+            "median_throughput": round(statistics.median(throughput), 3),
+            "median_cpu_per_request": round(statistics.median(cpu), 3)}
 
 
 def bracketed_baseline(before: dict, after: dict) -> dict:
@@ -410,6 +426,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk point")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--limit-seconds", type=float, default=6.0)
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="alternating noop / plain Flask pairs at 32 connections")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "sample-models")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -466,6 +484,20 @@ def main() -> None:
            "noop=8")
     if 32 in args.connections:
         results["baseline"] = bracketed_baseline(first, baseline("after"))
+        pairs = []
+        for i in range(args.pairs):
+            print(f"pair {i + 1}/{args.pairs}: plain Flask, then noop, 32 connections",
+                  flush=True)
+            plain = baseline(f"pair {i + 1}")
+            stack = Stack("noop", args.models_dir / "noop.model", "--workers-per-model", "1")
+            try:
+                noop = run_wrk(stack, "noop", args.models_dir, 32, args.duration)
+            finally:
+                stack.stop()
+            print(f"  noop c=32: {noop['requests_per_s']:.1f} req/s, cpu "
+                  f"{noop['server_cpu_ms_per_request']} ms/req", flush=True)
+            pairs.append({"plain": plain, "noop": noop})
+        results["noop_pairs"] = pairs
 
     def point(label: str, connections: int) -> dict:
         return next(p for p in results["served"][label]["points"]
@@ -497,6 +529,13 @@ def main() -> None:
                 / flask["server_cpu_ms_per_request"], 3)
         ratios["plain Flask baseline drift over the noop runs (after / before)"] = round(
             flask["requests_per_s_after"] / flask["requests_per_s_before"], 3)
+        if results.get("noop_pairs"):
+            paired = paired_ratios(results["noop_pairs"])
+            ratios["noop / plain Flask throughput, alternating pairs: median (each)"] = (
+                f"{paired['median_throughput']} ({', '.join(map(str, paired['throughput']))})")
+            ratios["noop / plain Flask CPU per request, alternating pairs: median (each)"] = (
+                f"{paired['median_cpu_per_request']} "
+                f"({', '.join(map(str, paired['cpu_per_request']))})")
         ratios["resnet18 batching on / off throughput, 32 connections"] = round(
             point("resnet18", 32)["requests_per_s"]
             / point("resnet18 batching off", 32)["requests_per_s"], 3)
