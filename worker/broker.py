@@ -42,7 +42,7 @@ from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceede
                            InvalidInput, ModelNotFound, MXServeError, ServiceUnavailable)
 from common.logs import setup_logging
 from common.protocol import Item, Kind, Message, from_frames, to_frames
-from common.transport import NOBLOCK, recv_frames, send_frames
+from common.transport import NOBLOCK, has_message, recv_frames, send_frames
 from worker.pool import WorkerPool, plan_workers
 
 log = logging.getLogger("broker")
@@ -247,7 +247,7 @@ class Broker:
     def _drain(self, socket: zmq.Socket, peer: str) -> Iterator[tuple[bytes, Message]]:
         """Every message waiting on a ROUTER socket, decoded; malformed ones are logged and
         dropped, never raised."""
-        while True:
+        while has_message(socket):
             try:
                 identity, *frames = recv_frames(socket, NOBLOCK)
             except zmq.Again:

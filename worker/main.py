@@ -204,7 +204,7 @@ class Worker:
 
     def _receive(self) -> None:
         # Drain everything queued: a broker restart can leave several messages waiting.
-        while not self.stopping:
+        while not self.stopping and self.transport.has_message(self.socket):
             try:
                 frames = self.transport.recv_frames(self.socket, self.transport.NOBLOCK)
             except self.zmq.Again:

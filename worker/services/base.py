@@ -14,6 +14,7 @@ numpy when (and only when) a subclass has not overridden the hook in question.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -155,7 +156,7 @@ class MXNetBaseService(SingleNodeService):
         if self._overridden("_postprocess", MXNetBaseService):
             return super()._postprocess_batch(outputs, rows)
         host = [out.asnumpy() for out in outputs]  # one device->host copy per output
-        bounds = np.cumsum([0, *rows])
+        bounds = list(itertools.accumulate(rows, initial=0))  # np.cumsum: ~8 us a call
         return [[h[a:b].tolist() for h in host] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def ping(self) -> str:
