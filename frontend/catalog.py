@@ -2,8 +2,9 @@
 
 Asked of the broker and cached briefly, so routing a predict request costs no round trip;
 an unknown model name forces one refresh before the answer is 404, so a model registered
-a moment ago is found. When the cache expires under load, one thread refreshes it and the
-others keep routing with the previous snapshot instead of all asking the broker at once.
+a moment ago is found. One refresh at a time: when the cache expires under load, one
+thread refreshes it and the others keep routing with the previous snapshot; a burst of
+requests for an unknown model shares one fetch instead of each asking the broker.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from frontend.broker_client import BrokerClient
 
 CATALOG_TTL_S = 2.0
 CATALOG_TIMEOUT_S = 1.0  # /ping must answer within a second even when the broker is gone
+UNKNOWN_MODEL_FRESH_S = 0.1  # an unknown name is re-checked with a snapshot at most this old
 
 
 @dataclass(frozen=True)
 class Snapshot:
     raw: dict[str, Any]
     signatures: dict[str, Signature]
-    fetched: float
+    fetched: float  # when the broker was asked: the snapshot is at least this recent
 
 
 class Catalog:
@@ -35,12 +37,14 @@ class Catalog:
 
     def fetch(self) -> Snapshot:
         """Ask the broker now (raises ServiceUnavailable/DeadlineExceeded if it is gone)."""
+        asked = time.monotonic()
         raw = self.client.catalog(CATALOG_TIMEOUT_S)
         signatures = {name: parse_signature(model["signature"])
                       for name, model in raw["models"].items() if model.get("signature")}
-        snapshot = Snapshot(raw, signatures, time.monotonic())
+        snapshot = Snapshot(raw, signatures, asked)
         with self._lock:
-            self._snapshot = snapshot
+            if self._snapshot is None or asked >= self._snapshot.fetched:
+                self._snapshot = snapshot
         return snapshot
 
     def current(self) -> Snapshot:
@@ -58,10 +62,21 @@ class Catalog:
         finally:
             self._refreshing.release()
 
+    def _recent(self, since: float) -> Snapshot:
+        """A snapshot that asked the broker at or after `since`: one fetched by another
+        thread while this one waited its turn, or this thread's own."""
+        with self._refreshing:
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.fetched >= since:
+                return snapshot
+            return self.fetch()
+
     def signature(self, model: str) -> Signature | None:
         snapshot = self.current()
-        if model not in snapshot.signatures and time.monotonic() - snapshot.fetched > 0.1:
-            snapshot = self.fetch()
+        if model not in snapshot.signatures:
+            since = time.monotonic() - UNKNOWN_MODEL_FRESH_S
+            if snapshot.fetched < since:
+                snapshot = self._recent(since)
         return snapshot.signatures.get(model)
 
     def signatures(self) -> dict[str, Signature]:

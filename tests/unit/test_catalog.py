@@ -55,6 +55,17 @@ def test_after_the_ttl_one_thread_refreshes_while_the_others_use_the_old_snapsho
     assert waited[-2] < 0.2  # only the refreshing thread waited for the broker
 
 
+def test_a_burst_for_an_unknown_model_shares_fetches_instead_of_one_per_thread():
+    broker = CountingBroker(delay_s=0.05)
+    catalog = Catalog(broker)
+    catalog.signature("a")
+    time.sleep(0.15)  # older than UNKNOWN_MODEL_FRESH_S: an unknown name re-checks
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: catalog.signature("nope"), range(16)))
+    assert answers == [None] * 16
+    assert broker.calls <= 3, broker.calls  # the first fetch, then one or two shared ones
+
+
 def test_an_unknown_model_forces_a_refresh_so_a_new_registration_is_found():
     broker = CountingBroker()
     catalog = Catalog(broker)
