@@ -449,16 +449,19 @@ def main() -> None:
         print(f"  {measured}", flush=True)
         return measured
 
-    def baseline(when: str) -> dict:
-        print(f"baseline: plain Flask under gunicorn gthread ({when}) ...", flush=True)
-        app = PlainFlask()
+    def noop_at_32(stack: Stack, label: str) -> dict:
+        """One 32-connection point of the noop request against `stack`, which is stopped."""
         try:
-            measured = run_wrk(app, "noop", args.models_dir, 32, args.duration)
+            measured = run_wrk(stack, "noop", args.models_dir, 32, args.duration)
         finally:
-            app.stop()
-        print(f"  plain Flask c=32: {measured['requests_per_s']:.1f} req/s, cpu "
+            stack.stop()
+        print(f"  {label} c=32: {measured['requests_per_s']:.1f} req/s, cpu "
               f"{measured['server_cpu_ms_per_request']} ms/req", flush=True)
         return measured
+
+    def baseline(when: str) -> dict:
+        print(f"baseline: plain Flask under gunicorn gthread ({when}) ...", flush=True)
+        return noop_at_32(PlainFlask(), "plain Flask")
 
     def served(label: str, model: str, connections: list[int], *extra: str) -> None:
         print(f"served: {label} ...", flush=True)
@@ -489,13 +492,8 @@ def main() -> None:
             print(f"pair {i + 1}/{args.pairs}: plain Flask, then noop, 32 connections",
                   flush=True)
             plain = baseline(f"pair {i + 1}")
-            stack = Stack("noop", args.models_dir / "noop.model", "--workers-per-model", "1")
-            try:
-                noop = run_wrk(stack, "noop", args.models_dir, 32, args.duration)
-            finally:
-                stack.stop()
-            print(f"  noop c=32: {noop['requests_per_s']:.1f} req/s, cpu "
-                  f"{noop['server_cpu_ms_per_request']} ms/req", flush=True)
+            noop = noop_at_32(Stack("noop", args.models_dir / "noop.model",
+                                    "--workers-per-model", "1"), "noop")
             pairs.append({"plain": plain, "noop": noop})
         results["noop_pairs"] = pairs
 
