@@ -41,6 +41,17 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float,
     raise TimeoutError("server not ready:\n" + output()[-3000:])
 
 
+def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
+    """The processes of `pids` still alive after up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = {pid for pid in pids if alive(pid)}
+        if not left:
+            return left
+        time.sleep(0.1)
+    return {pid for pid in pids if alive(pid)}
+
+
 class Server:
     def __init__(self, models: list[str], *extra: str, frontend_workers: int = 2,
                  env: dict[str, str] | None = None) -> None:

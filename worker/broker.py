@@ -115,7 +115,8 @@ class Broker:
                                {n: m.max_batch_size for n, m in self.models.items()},
                                config.heartbeat_interval_s, config.log_level,
                                {n: service_for(config, n) for n in self.models},
-                               fork_server=config.fork_workers,
+                               fork_server=(run_dir / "forkserver.sock"
+                                            if config.fork_workers else None),
                                batch_memory_mb=config.batch_memory_mb)
         self.context = zmq.Context()
         self.frontends = self._bind(frontend_endpoint)

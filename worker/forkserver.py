@@ -8,19 +8,29 @@ Measured, `mxserve start` with resnet18 and two CPU workers, PSS of every proces
 701 MiB with fresh workers (`--no-fork-workers`), 642 MiB forked (the server's own share
 included).
 
-    python -m worker.forkserver FD     (started by the broker's WorkerPool; FD: its socket)
+    python -m worker.forkserver FD     (started by the broker's WorkerPool; FD: a listening
+                                        unix socket at <run_dir>/forkserver.sock)
 
-The broker's side is `ForkServer`: `spawn(argv, env, title)` asks for a worker over a unix
+The broker's side is `ForkServer`: `spawn(argv, env, title)` asks for a worker over the
 socket and gets back a `ForkedProcess`, which answers like `subprocess.Popen` (pid, poll,
 wait, send_signal, kill), so the pool manages both kinds alike. The server reaps its
 children and reports each exit code. Only workers whose environment matches the server's
 are forked (OpenMP and MXNet read theirs once, at import); others, GPU workers included,
-are started as fresh processes, and so is every worker while the server is not ready (at
-start-up, or after it died; it is restarted in the background).
+are started as fresh processes.
+
+The server outlives a broker that crashed. Importing MXNet is most of a worker's start-up
+(3.6 s on an idle 2-core machine, 7 s while clients hammer the frontends with retries), so
+a restarted broker attaches to the running server instead of starting another: a broker
+SIGKILLed under load is serving again in ~2 s instead of 7-10. When its broker's
+connection drops the server SIGKILLs that broker's workers (the new broker starts its own)
+and waits BROKER_RETURN_S for the next broker; it exits when none comes, when its socket
+path is gone or taken over (the run directory removed, a new server started), on SIGTERM
+(a broker that stops cleanly stops it), or when a broker's environment differs from its
+own.
 
 Safety of forking after `import mxnet`: the server runs no operator, so no engine or OpenMP
-threads exist to be lost in the fork; MXNet's own fork handlers cover the rest. Children
-get SIGKILL if the server dies (prctl), and the server exits when the broker does.
+threads exist to be lost in a fork; MXNet's own fork handlers cover the rest. Children
+get SIGKILL if the server dies (prctl).
 """
 from __future__ import annotations
 
@@ -36,19 +46,123 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
+
+from common.proctree import alive
 
 log = logging.getLogger("worker.forkserver")
 
 READY = "ready"
 PR_SET_PDEATHSIG = 1
 SPAWN_TIMEOUT_S = 5.0  # a fork answers in milliseconds; a server this slow is stuck
+BROKER_RETURN_S = 30.0  # the launcher restarts a crashed broker within 10 s (its backoff cap)
+STOP_WAIT_S = 5.0
 
 
 # -- the server ------------------------------------------------------------------------------
 
-def serve(sock: socket.socket) -> None:
-    # Everything a worker imports, imported once here.
+class _Server:
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.path = listener.getsockname()
+        self.inode = os.stat(self.path).st_ino
+        self.env = dict(os.environ)  # what it was started with: what forked workers inherit
+        self.children: set[int] = set()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+
+    def run(self) -> None:
+        _import_worker_code()
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        while True:  # (the broker that started it connected before it even ran)
+            sock = self._accept(BROKER_RETURN_S)
+            if sock is None:
+                return
+            try:
+                if not self._serve(sock):
+                    return
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                sock.close()
+                self._kill_children()
+
+    def _accept(self, wait_s: float) -> socket.socket | None:
+        """The next broker's connection; None after `wait_s`, or once the socket path no
+        longer names this server."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.listener], [], [], 1.0)
+            if readable:
+                return self.listener.accept()[0]
+            if not self._still_at_path():
+                log.info("its socket %s is gone or taken over; fork server exiting", self.path)
+                return None
+        log.info("no broker came back within %.0fs; fork server exiting", wait_s)
+        return None
+
+    def _still_at_path(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def _serve(self, sock: socket.socket) -> bool:
+        """Fork workers for one broker until it is gone; False when this server must exit
+        (the broker runs with another environment: it starts its own server)."""
+        reader = sock.makefile("r", encoding="utf-8")
+        hello = reader.readline()
+        if not hello:
+            return True  # the broker died before it said anything
+        if json.loads(hello).get("env") != self.env:
+            why = "the broker's worker environment differs from this fork server's"
+            log.info("%s; fork server exiting (the broker starts its own)", why)
+            _send(sock, {"refused": why})
+            return False
+        _send(sock, {READY: os.getpid()})
+        while True:
+            watched: list[Any] = [sock, self.wake_r]
+            readable, _, _ = select.select(watched, [], [])
+            if self.wake_r in readable:
+                os.read(self.wake_r, 4096)
+            self._report_exits(sock)
+            if sock in readable:
+                line = reader.readline()
+                if not line:
+                    log.warning("its broker is gone: killing that broker's %d worker(s); "
+                                "waiting %.0fs for a new broker", len(self.children),
+                                BROKER_RETURN_S)
+                    return True
+                server_pid = os.getpid()
+                pid = os.fork()
+                if pid == 0:
+                    for closing in (reader, sock, self.listener):
+                        closing.close()
+                    os.close(self.wake_r)
+                    os.close(self.wake_w)
+                    _run_worker(json.loads(line), server_pid)  # never returns
+                self.children.add(pid)
+                _send(sock, {"pid": pid})
+
+    def _report_exits(self, sock: socket.socket) -> None:
+        for pid, code in _reap(os.WNOHANG):
+            self.children.discard(pid)
+            _send(sock, {"exited": pid, "code": code})
+
+    def _kill_children(self) -> None:
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid, _ in _reap(0):
+            self.children.discard(pid)
+
+
+def _import_worker_code() -> None:
+    """Everything a worker imports, imported once here; then frozen out of the collector."""
     import mxnet  # noqa: F401
     import numpy  # noqa: F401
     import zmq  # noqa: F401  (the module only: no context exists before a fork)
@@ -63,40 +177,30 @@ def serve(sock: socket.socket) -> None:
 
     gc.collect()
     gc.freeze()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w)
-    _send(sock, {READY: os.getpid()})
-    reader = sock.makefile("r", encoding="utf-8")
+
+
+def _reap(options: int) -> list[tuple[int, int]]:
+    """(pid, exit code) of exited children: those exited so far (WNOHANG), or all (0)."""
+    exited: list[tuple[int, int]] = []
     while True:
-        readable, _, _ = select.select([sock, wake_r], [], [])
-        if wake_r in readable:
-            os.read(wake_r, 4096)
-        _report_exits(sock)
-        if sock in readable:
-            line = reader.readline()
-            if not line:
-                return  # the broker is gone
-            request = json.loads(line)
-            pid = os.fork()
-            if pid == 0:
-                reader.close()
-                sock.close()
-                os.close(wake_r)
-                os.close(wake_w)
-                _run_worker(request)  # never returns
-            _send(sock, {"pid": pid})
+        try:
+            pid, status = os.waitpid(-1, options)
+        except ChildProcessError:
+            return exited
+        if pid == 0:
+            return exited
+        exited.append((pid, -os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                       else os.WEXITSTATUS(status)))
 
 
-def _run_worker(request: dict[str, Any]) -> None:
+def _run_worker(request: dict[str, Any], server_pid: int) -> None:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the server died between fork and prctl
+        if os.getppid() != server_pid:  # the server died between fork and prctl
             os._exit(code)
         for key, value in request["env"].items():
             if os.environ.get(key) != value:
@@ -119,16 +223,6 @@ def _run_worker(request: dict[str, Any]) -> None:
         os._exit(code)
 
 
-def _report_exits(sock: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        _send(sock, {"exited": pid, "code": code})
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -136,11 +230,11 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    try:
-        serve(sock)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
+    from common.logs import setup_logging
+
+    setup_logging(os.environ.get("MXSERVE_LOG_LEVEL", "INFO"),
+                  os.environ.get("MXSERVE_LOG_FILE", ""), "forkserver")
+    _Server(socket.socket(fileno=int(sys.argv[1]))).run()
     return 0
 
 
@@ -181,30 +275,62 @@ class ForkedProcess:
 
 
 class ForkServer:
-    """The broker's handle on its fork server (started, and restarted, in the background)."""
+    """The broker's handle on its fork server: the one a crashed predecessor left running
+    (attached), or one it starts; restarted in the background when it dies."""
 
-    def __init__(self, env: dict[str, str], start: Any) -> None:
-        """`env`: the environment forked workers must have; `start(argv, env, pass_fds)`:
-        how to start the server process (worker.pool.spawn)."""
+    def __init__(self, env: dict[str, str], start: Callable[..., Any], path: Path) -> None:
+        """`env`: the environment forked workers must have; `start(argv, env, pass_fds,
+        die_with_parent)`: how to start the server process (worker.pool.spawn); `path`:
+        its socket, in the run directory."""
         self.env = env
         self._start = start
+        self.path = path
         self.exits: dict[int, int] = {}
         self._children: set[int] = set()
         self._sock: socket.socket | None = None
-        self._process: Any = None
+        self._process: Any = None  # ours when we started it; None when attached
+        self._pid = 0  # the server's, from its READY
+        self._attachable = True  # False once a running server refused us
         self._buffer = b""
         self.ready = False
         self.started_at = 0.0
 
     def start(self) -> None:
-        ours, theirs = socket.socketpair()
-        self._process = self._start([sys.executable, "-m", "worker.forkserver",
-                                     str(theirs.fileno())], self.env,
-                                    pass_fds=(theirs.fileno(),))
-        theirs.close()
-        ours.setblocking(False)
-        self._sock, self._buffer, self.ready = ours, b"", False
+        sock = self._attach() if self._attachable else None
+        if sock is None:
+            sock = self._launch()
+        sock.sendall((json.dumps({"env": self.env}) + "\n").encode())
+        sock.setblocking(False)
+        self._sock, self._buffer, self.ready = sock, b"", False
         self.started_at = time.monotonic()
+
+    def _attach(self) -> socket.socket | None:
+        """A connection to a server already listening at `path`, if there is one."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(self.path))
+        except OSError:  # none there (refused, or no such file), or one too stuck to listen
+            sock.close()
+            return None
+        log.info("attaching to the running fork server at %s", self.path)
+        return sock
+
+    def _launch(self) -> socket.socket:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.path.unlink(missing_ok=True)  # a dead or refused server's
+            listener.bind(str(self.path))
+            listener.listen(4)
+            # Not tied to the broker's life (no PDEATHSIG): it must outlive a crash.
+            self._process = self._start([sys.executable, "-m", "worker.forkserver",
+                                         str(listener.fileno())], self.env,
+                                        pass_fds=(listener.fileno(),), die_with_parent=False)
+        finally:
+            listener.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(self.path))  # queued until the server has imported MXNet
+        return sock
 
     def can_fork(self, env: dict[str, str]) -> bool:
         self.pump()
@@ -239,15 +365,28 @@ class ForkServer:
             pass
 
     def stop(self) -> None:
+        """SIGTERM the server (its workers die with it), however it was started."""
+        pid = self._process.pid if self._process is not None else self._pid
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         if self._process is not None:
-            self._process.terminate()
             try:
-                self._process.wait(5)
+                self._process.wait(STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+                self._process.wait()
+        elif pid:  # attached: not our child, so watched through /proc
+            deadline = time.monotonic() + STOP_WAIT_S
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
     def _read_message(self, blocking: bool) -> dict[str, Any] | None:
         while b"\n" not in self._buffer:
@@ -269,26 +408,33 @@ class ForkServer:
         line, self._buffer = self._buffer.split(b"\n", 1)
         message = json.loads(line)
         if READY in message:
-            self.ready = True
+            self.ready, self._pid = True, message[READY]
         elif "exited" in message:
             self._children.discard(message["exited"])
             self.exits[message["exited"]] = message["code"]
+        elif "refused" in message:
+            log.warning("the running fork server refused this broker (%s); starting a new "
+                        "one", message["refused"])
+            self._attachable = False
         return message
 
     def _server_gone(self) -> None:
         """Make sure it is gone (a stuck one is killed); its children die with it
         (PDEATHSIG): report them killed."""
-        log.warning("the worker fork server is gone; its %d worker(s) with it",
-                    len(self._children))
+        if self._attachable or self._children:
+            log.warning("the worker fork server is gone; its %d worker(s) with it",
+                        len(self._children))
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+        elif self._process is None and self._pid and alive(self._pid):
+            os.kill(self._pid, signal.SIGKILL)
         for pid in self._children:
             self.exits[pid] = -signal.SIGKILL
         self._children.clear()
         if self._sock is not None:
             self._sock.close()
-        self._sock, self.ready = None, False
+        self._sock, self.ready, self._process, self._pid = None, False, None, 0
 
 
 if __name__ == "__main__":

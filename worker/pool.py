@@ -95,9 +95,17 @@ def _child_setup() -> None:
     os.setpgid(0, 0)
 
 
-def spawn(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
-    """Start a child that dies with us (Linux), in our process tree."""
-    preexec = _child_setup if sys.platform.startswith("linux") else None
+def _own_group() -> None:
+    os.setpgid(0, 0)
+
+
+def spawn(argv: list[str], env: dict[str, str], die_with_parent: bool = True,
+          **kwargs) -> subprocess.Popen:
+    """Start a child in our process tree that dies with us (Linux), unless it is one that
+    must outlive a crash of ours (the fork server: it then stops itself)."""
+    preexec = None
+    if sys.platform.startswith("linux"):
+        preexec = _child_setup if die_with_parent else _own_group
     return subprocess.Popen(argv, env=env, preexec_fn=preexec, **kwargs)
 
 
@@ -122,7 +130,9 @@ class WorkerPool:
     def __init__(self, specs: list[WorkerSpec], archives: dict[str, Path], broker_endpoint: str,
                  max_batch_size: dict[str, int], heartbeat_interval_s: float, log_level: str,
                  services: dict[str, tuple[str, str]] | None = None,
-                 fork_server: bool = True, batch_memory_mb: float = 0.0) -> None:
+                 fork_server: Path | None = None, batch_memory_mb: float = 0.0) -> None:
+        """`fork_server`: the fork server's socket path (in the run directory), or None to
+        start every worker as a fresh process."""
         self.specs = specs
         self.workers = [ManagedWorker(spec) for spec in specs]
         self.archives = archives
@@ -135,8 +145,9 @@ class WorkerPool:
         # CPU workers are forked from a process that imported MXNet once (worker/forkserver.py)
         cpu_specs = [spec for spec in specs if spec.gpu is None]
         self.fork_server: ForkServer | None = None
-        if fork_server and cpu_specs:
-            self.fork_server = ForkServer({**os.environ, **cpu_specs[0].env}, spawn)
+        if fork_server is not None and cpu_specs:
+            self.fork_server = ForkServer({**os.environ, **cpu_specs[0].env}, spawn,
+                                          fork_server)
             self.fork_server.start()
         self.failed: dict[str, str] = {}  # model -> why it cannot load
         self.restarts: dict[str, int] = {}

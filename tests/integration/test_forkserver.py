@@ -9,7 +9,9 @@ import time
 import requests
 
 from common.proctree import alive, parent
-from tests.server_harness import Server
+from tests.server_harness import ROOT, Server, wait_gone
+from worker.forkserver import ForkServer
+from worker.pool import spawn
 
 
 def predict_digit(server: Server, image: bytes) -> int:
@@ -60,3 +62,60 @@ def test_without_fork_workers_each_worker_is_a_fresh_process(sample_models):
         assert predict_digit(server, image) == 200
     finally:
         assert server.stop() == 0
+
+
+def started(fork_server: ForkServer, timeout_s: float = 60.0) -> ForkServer:
+    deadline = time.monotonic() + timeout_s
+    while not fork_server.can_fork(fork_server.env):
+        assert time.monotonic() < deadline, "the fork server never said READY"
+        time.sleep(0.05)
+    return fork_server
+
+
+def a_worker_argv(sample_models, run_dir) -> list[str]:
+    """A real worker that loads digits and then waits for a broker that never answers."""
+    return ["--archive", str(sample_models["digits"]), "--model-name", "digits",
+            "--broker", f"ipc://{run_dir}/nobody.sock", "--max-batch-size", "8",
+            "--worker-id", "digits-0-1"]
+
+
+def test_a_fork_server_outlives_a_crashed_broker_for_the_next_one(sample_models, tmp_path):
+    """A broker SIGKILLed drops its connection: the server kills that broker's workers and
+    serves the next broker at once (no second `import mxnet`); it exits once its socket
+    path is gone."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    path = tmp_path / "forkserver.sock"
+    first = started(ForkServer(env, spawn, path))
+    server_pid = first._process.pid
+    worker = first.spawn(a_worker_argv(sample_models, tmp_path), env, "a worker")
+    assert alive(worker.pid) and parent(worker.pid) == server_pid
+
+    first._sock.close()  # the broker's end vanishes, as when it is SIGKILLed
+    assert wait_gone({worker.pid}, 5) == set(), "the dead broker's worker was not killed"
+    assert alive(server_pid)
+
+    attached = time.monotonic()
+    second = started(ForkServer(env, spawn, path), timeout_s=5)
+    assert second._process is None and second._pid == server_pid
+    print(f"the next broker attached in {time.monotonic() - attached:.2f}s")
+    again = second.spawn(a_worker_argv(sample_models, tmp_path), env, "a worker")
+    assert parent(again.pid) == server_pid
+
+    second._sock.close()
+    path.unlink()  # the run directory is gone: nobody can attach any more
+    assert wait_gone({server_pid, again.pid}, 5) == set()
+    first._process.wait(1)
+
+
+def test_a_broker_with_another_environment_starts_its_own_fork_server(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    path = tmp_path / "forkserver.sock"
+    first = started(ForkServer(env, spawn, path))
+    old_pid = first._process.pid
+    first._sock.close()
+
+    other = started(ForkServer(dict(env, OMP_NUM_THREADS="2"), spawn, path))
+    assert other._process is not None and other._process.pid != old_pid
+    assert first._process.wait(5) == 0, "the refusing server did not exit"
+    other.stop()
+    assert other._process.poll() is not None

@@ -12,20 +12,10 @@ import requests
 import sklearn
 
 from common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
-from common.proctree import alive, descendants
-from tests.server_harness import ROOT, Server
+from common.proctree import descendants
+from tests.server_harness import ROOT, Server, wait_gone
 
 PHOTO = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "china.jpg")
-
-
-def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        left = {pid for pid in pids if alive(pid)}
-        if not left:
-            return left
-        time.sleep(0.1)
-    return {pid for pid in pids if alive(pid)}
 
 
 def ping_when_nothing_is_loading(server: Server, timeout_s: float = 120) -> requests.Response:
