@@ -93,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers_per_model", int, 1, "CPU workers per model (when no GPUs)", _positive),
     Setting("threads_per_worker", int, 0, "OpenMP threads per CPU worker (0: cores / CPU "
             "workers, at least 1)", _non_negative),
+    Setting("lend_idle_cores", bool, True, "a CPU worker busy while every other CPU worker "
+            "is idle runs its batch on all the cores, not its share (resnet18, one request: "
+            "~66 -> ~42 ms on 2 cores)"),
     Setting("fork_workers", bool, True, "start CPU workers by forking a process that has "
             "imported MXNet once, so they share its memory (off: each is a fresh process)"),
     Setting("frontend_workers", int, 2, "gunicorn frontend processes", _positive),

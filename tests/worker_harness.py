@@ -29,8 +29,8 @@ class BrokerStub:
         self.extract_dir = run_dir / "extract"
 
     def start_worker(self, archive: Path, *extra: str, max_batch_size: int = 8,
-                     stderr=subprocess.PIPE) -> subprocess.Popen:
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+                     stderr=subprocess.PIPE, **env_vars: str) -> subprocess.Popen:
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env_vars)
         process = subprocess.Popen(
             [sys.executable, "-m", "worker", "--archive", str(archive), "--broker", self.endpoint,
              "--max-batch-size", str(max_batch_size), "--extract-dir", str(self.extract_dir),
@@ -61,10 +61,10 @@ class BrokerStub:
         self.socket.send_multipart([identity, *to_frames(message)], copy=False)
 
     def infer(self, identity: bytes, arrays_per_request: list[dict], budget_ms: float = 30000,
-              timeout_s: float = 60.0) -> Message:
+              timeout_s: float = 60.0, **fields) -> Message:
         items = [Item(id=f"r{next(self.ids)}", fields={"budget_ms": budget_ms}, arrays=arrays)
                  for arrays in arrays_per_request]
-        self.send(identity, Message(Kind.REQUEST, {"model": "x"}, items))
+        self.send(identity, Message(Kind.REQUEST, {"model": "x", **fields}, items))
         _, reply = self.receive(timeout_s)
         assert reply.kind == Kind.REPLY, reply
         assert [item.id for item in reply.items] == [item.id for item in items]

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import zmq
 
@@ -78,6 +78,20 @@ class WorkerState:
     batch_started: float = 0.0
     batch_deadline: float = 0.0
     retiring: bool = False  # scaled down: finishes its batch, gets no other
+    threads: int = 0  # its share of the cores (OpenMP threads); 0 on a GPU
+    threads_in_use: int = 0  # for the batch it runs: its share, or more when cores are lent
+
+
+def lendable_threads(worker: WorkerState, workers: Iterable[WorkerState], cores: int) -> int:
+    """The OpenMP threads `worker` may use for the batch it is being given: its share, or
+    the cores that other busy CPU workers do not use if that is more (worker/lent_cores.py).
+    A worker lent cores keeps them for its batch; one dispatched meanwhile gets its share,
+    so for the rest of that batch the cores are oversubscribed by that share at most."""
+    if not 0 < worker.threads < cores:  # a GPU worker, or one that has every core already
+        return worker.threads
+    in_use = sum(other.threads_in_use for other in workers
+                 if other.batch and other.threads and other is not worker)
+    return max(worker.threads, cores - in_use)
 
 
 @dataclass
@@ -103,6 +117,7 @@ class Broker:
         self.draining = False
         self.drain_deadline = 0.0
         self.stop_requested = False
+        self.cores = os.cpu_count() or 1  # what CPU workers share (worker/pool.py)
         metrics.forget_dead_processes()  # a previous broker's gauges, if it was killed
         archives = self._load_archives(run_dir / "models")
         for name, model in self.models.items():
@@ -294,7 +309,7 @@ class Broker:
                              device=str(message.fields.get("device", "?")),
                              pid=int(message.fields.get("pid", 0)),
                              max_batch_size=int(message.fields.get("max_batch_size", 1)),
-                             last_seen=now)
+                             threads=int(message.fields.get("threads", 0)), last_seen=now)
         self.workers[identity] = worker
         self.pool.mark_ready(worker.pid)
         model.workers.add(identity)
@@ -617,8 +632,18 @@ class Broker:
                 metrics.BATCH_SIZE.labels(name).observe(len(batch))
                 worker.batch_started = now
                 worker.batch_deadline = max(p.deadline for p in batch) + OVERRUN_GRACE_S
-                if not self._send_worker(identity, Message(Kind.REQUEST, {"model": name}, items)):
+                fields: dict[str, Any] = {"model": name}
+                worker.threads_in_use = worker.threads
+                lent = self._lendable_threads(worker)
+                if lent > worker.threads:
+                    fields["threads"] = worker.threads_in_use = lent
+                if not self._send_worker(identity, Message(Kind.REQUEST, fields, items)):
                     self._remove_worker(worker, "it is unreachable")
+
+    def _lendable_threads(self, worker: WorkerState) -> int:
+        if not self.config.lend_idle_cores:
+            return worker.threads
+        return lendable_threads(worker, self.workers.values(), self.cores)
 
     def heartbeat(self, now: float) -> None:
         if now < self.next_heartbeat:

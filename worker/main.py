@@ -16,7 +16,9 @@ Lifecycle:
      current batch finishes, DISCONNECT is sent, exit 0. An unexpected exception exits
      with EXIT_CRASH (1), which the supervisor restarts.
 
-MXNet is only ever called from this process's main thread (short-lived threads leak).
+MXNet is only ever called from long-lived threads (short-lived ones leak): this process's
+main thread, and the one per OpenMP width that runs forwards on cores the broker lends
+(worker/lent_cores.py).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from common.logs import setup_logging
 from common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
 from common.protocol import Kind, Message, from_frames, to_frames
 from worker.batch import run_batch  # numpy only: safe before OMP_NUM_THREADS is set
+from worker import lent_cores  # mxnet imported only when a batch runs wide
 
 log = logging.getLogger("worker")
 
@@ -149,6 +152,14 @@ class Worker:
         self.socket: Any = None
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
+        # Its share of the cores, which the broker may widen when the other workers are
+        # idle (worker/lent_cores.py). Reported as 0 (lend it nothing) on a GPU, with the
+        # threaded engine and with MKLDNN subgraphs.
+        lendable = (args.gpu is None and os.environ.get("MXNET_ENGINE_TYPE") == "NaiveEngine"
+                    and os.environ.get("MXNET_SUBGRAPH_BACKEND") == "NONE")
+        self.threads = (int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+                        if lendable else 0)
+        self.lent_cores = lent_cores.install(self.threads)
 
     def run(self) -> None:
         self._install_signals()
@@ -180,7 +191,7 @@ class Worker:
         self.poller.register(self.wake_r, self.zmq.POLLIN)
         self._send(Message(Kind.READY, {
             "model": self.archive.name, "device": self.device, "pid": os.getpid(),
-            "max_batch_size": self.args.max_batch_size}))
+            "max_batch_size": self.args.max_batch_size, "threads": self.threads}))
         self.last_heard = time.monotonic()
         self.next_heartbeat = self.last_heard + self.interval_s
         log.info("model %s on %s: READY to %s", self.archive.name, self.device, self.args.broker)
@@ -231,6 +242,7 @@ class Worker:
         deadlines = [received + float(item.fields.get("budget_ms", 1e9)) / 1000.0
                      for item in message.items]
         started = time.monotonic()
+        self.lent_cores.lent_threads = int(message.fields.get("threads", 0))
         outcomes = run_batch(self.service, self.archive.signature, message.items, deadlines)
         inference_ms = (time.monotonic() - started) * 1000.0
         self._send(Message(Kind.REPLY,

@@ -28,6 +28,7 @@ import mxnet as mx
 import numpy as np
 
 from common.errors import ArchiveError
+from worker import lent_cores
 from worker.batchnorm_folding import Fold, apply_folds, plan_folds
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class BucketedPredictor:
         exe = self._executor(self.bucket_for(n), shapes)
         for name, value in zip(self.input_names, inputs):
             copy_rows(value, exe.arg_dict[name])
-        exe.forward(is_train=False)
+        lent_cores.run_forward(lambda: exe.forward(is_train=False))
         return [out[:n] for out in exe.outputs]
 
 

@@ -156,3 +156,55 @@ def test_sigterm_exits_cleanly_with_disconnect_and_heartbeats(broker, sample_mod
     assert process.wait(timeout=10) == EXIT_OK
     _, goodbye = broker.receive(timeout_s=5)
     assert goodbye.kind == Kind.DISCONNECT
+
+
+POOL_CPU_ENV = {"MXNET_ENGINE_TYPE": "NaiveEngine", "MXNET_SUBGRAPH_BACKEND": "NONE"}
+
+
+def os_threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("Threads:")))
+
+
+def test_a_batch_lent_idle_cores_runs_on_more_threads_and_answers_the_same(
+        broker, sample_models, tmp_path):
+    """`threads: 2` from the broker (every other CPU worker idle): a worker whose share is
+    one thread runs that batch on a 2-wide OpenMP thread (worker/lent_cores.py). With the
+    naive engine and no MKLDNN subgraphs, as the pool starts CPU workers."""
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as stderr:
+        process = broker.start_worker(sample_models["resnet18"], max_batch_size=2,
+                                      stderr=stderr, **POOL_CPU_ENV)
+    identity, ready = broker.wait_ready()
+    assert ready.fields["threads"] == 1
+    photo = (sample_models["resnet18"].parent / "examples" / "china.jpg").read_bytes()
+    image = decode_image(photo, TensorSpec("data", (1, 3, 224, 224)), Limits())
+    [own] = results(broker.infer(identity, [{"data": image}]))
+    threads_before = os_threads(process.pid)
+    for _ in range(3):  # the first batch taught it that its batches are long
+        [lent] = results(broker.infer(identity, [{"data": image}], threads=2))
+        assert [c["class"] for c in lent[0]] == [c["class"] for c in own[0]]
+        np.testing.assert_allclose([c["probability"] for c in lent[0]],
+                                   [c["probability"] for c in own[0]], rtol=1e-4)
+    # The wide thread, and the OpenMP thread its 2-wide regions added.
+    assert os_threads(process.pid) >= threads_before + 2
+    assert "running batches on 2 OpenMP threads" in log.read_text()
+
+
+@pytest.mark.parametrize("engine, subgraphs", [("ThreadedEngine", "NONE"),
+                                               ("NaiveEngine", "MKLDNN")])
+def test_lent_cores_are_declined_where_they_would_not_help_or_would_crash(
+        broker, sample_models, engine, subgraphs):
+    """The threaded engine runs operators on its own threads (a wider caller widens
+    nothing); MKLDNN subgraph operators crash when a second thread runs them. The worker
+    says it can use no lent cores, and runs every forward at home."""
+    process = broker.start_worker(sample_models["digits"], MXNET_ENGINE_TYPE=engine,
+                                  MXNET_SUBGRAPH_BACKEND=subgraphs)
+    identity, ready = broker.wait_ready()
+    assert ready.fields["threads"] == 0
+    threads_before = os_threads(process.pid)
+    image = decode_digit((sample_models["digits"].parent / "examples" / "digit_0.jpg")
+                         .read_bytes())
+    assert results(broker.infer(identity, [{"data": image}], threads=2))
+    assert os_threads(process.pid) == threads_before
