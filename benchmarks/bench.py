@@ -476,6 +476,8 @@ def main() -> None:
     served("resnet18", "resnet18", args.connections, "--workers-per-model", cores)
     served("resnet18 batching off", "resnet18", [1, 32], "--workers-per-model", cores,
            "--max-batch-size", "1")
+    served("resnet18 cores not lent", "resnet18", [1, 32], "--workers-per-model", cores,
+           "--no-lend-idle-cores")
     results["limit"]["resnet18"] = bracketed_limit(before, limit_of("resnet18", "after"))
     results["limit"]["digits"] = limit_of("digits", "once")
     served("digits", "digits", args.connections, "--workers-per-model", cores)
@@ -537,6 +539,9 @@ def main() -> None:
         ratios["resnet18 batching on / off throughput, 32 connections"] = round(
             point("resnet18", 32)["requests_per_s"]
             / point("resnet18 batching off", 32)["requests_per_s"], 3)
+        ratios["resnet18 idle cores lent / not lent throughput, 32 connections"] = round(
+            point("resnet18", 32)["requests_per_s"]
+            / point("resnet18 cores not lent", 32)["requests_per_s"], 3)
     if 1 in args.connections:
         p50 = point("resnet18", 1)["p50"]
         ratios["resnet18 p50 at 1 connection - limit batch-1 latency (1 thread), ms"] = round(
@@ -545,6 +550,8 @@ def main() -> None:
             p50 - all_cores_latency, 2)
         ratios["resnet18 p50 at 1 connection, batching on / off"] = round(
             p50 / point("resnet18 batching off", 1)["p50"], 3)
+        ratios["resnet18 p50 at 1 connection, idle cores lent / not lent"] = round(
+            p50 / point("resnet18 cores not lent", 1)["p50"], 3)
     ratios["resnet18 limit drift over the resnet18 runs (after / before)"] = limit[
         "drift_after_before"]
     ratios["resnet18 idle PSS of all server processes, MiB"] = results["served"][

@@ -52,11 +52,20 @@ class WorkerSpec:
                # backend (+400 MB on resnet18); without it they share, within 3 % of its
                # speed (worker/predictor.py). An operator's own setting wins.
                "MXNET_SUBGRAPH_BACKEND": os.environ.get("MXNET_SUBGRAPH_BACKEND", "NONE"),
-               # OpenMP threads spin between parallel regions by default; on cores shared
-               # with frontends and other workers that spinning is stolen time (a noop
-               # worker burned a whole core at one connection: 1322 -> 1843 req/s at 32).
-               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                "KMP_BLOCKTIME": os.environ.get("KMP_BLOCKTIME", "0")}
+        if self.threads > 1:
+            # OpenMP threads spin between parallel regions by default; on cores shared
+            # with frontends and other workers that spinning is stolen time (a noop
+            # worker burned a whole core at one connection: 1322 -> 1843 req/s at 32).
+            env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+        else:
+            # A one-thread worker has OpenMP threads only while the broker lends it idle
+            # cores (worker/lent_cores.py), and then the other cores are idle: its threads
+            # may spin ~1 ms between a forward's back-to-back regions instead of sleeping
+            # (resnet18 lent forward, p50 at 1 connection: 55-62 -> 40-43 ms).
+            env["GOMP_SPINCOUNT"] = os.environ.get("GOMP_SPINCOUNT", "100000")
+            if "OMP_WAIT_POLICY" in os.environ:
+                env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
         else:
