@@ -47,7 +47,8 @@ def main() -> None:
                    BENCH_FIELD=field, BENCH_FILENAME=filename)
         seconds = int(args.minutes * 60)
         load = subprocess.Popen(
-            ["wrk", "-t", "2", "-c", str(args.connections), "-d", f"{seconds}s",
+            ["wrk", "-t", str(min(2, args.connections)), "-c", str(args.connections),
+             "-d", f"{seconds}s",
              "--timeout", "30s", "-s", str(LUA), f"{stack.url}/{args.model}/predict"],
             env=env, stdout=subprocess.PIPE, text=True)
         started = time.monotonic()
