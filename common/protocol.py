@@ -46,9 +46,10 @@ ALLOWED_DTYPES = frozenset(_DTYPES)
 
 
 class Kind(enum.IntEnum):
-    READY = 1  # worker -> broker: {model, device, max_batch_size, pid}
+    READY = 1  # worker -> broker: {model, device, max_batch_size, pid, threads (its share)}
     HEARTBEAT = 2  # both ways
-    REQUEST = 3  # frontend -> broker (one item), broker -> worker (a batch of items)
+    REQUEST = 3  # frontend -> broker (one item), broker -> worker (a batch of items;
+    #              fields {model, threads: cores lent for this batch, when any})
     REPLY = 4  # worker -> broker -> frontend: per item a "result" or an "error"
     ERROR = 5  # a whole message failed: fields {type, message}
     DISCONNECT = 6  # either side is going away
