@@ -202,6 +202,23 @@ def paired_ratios(pairs: list[dict]) -> dict:
             "median_cpu_per_request": round(statistics.median(cpu), 3)}
 
 
+def alternating_p50(stacks: dict[str, Stack], model: str, models_dir: Path, rounds: int,
+                    seconds: float) -> dict[str, list[float]]:
+    """p50 at one connection of each server in turn, `rounds` times. The servers run side
+    by side (at one connection the idle ones cost nothing), so drift hits all alike."""
+    p50s: dict[str, list[float]] = {label: [] for label in stacks}
+    for _ in range(rounds):
+        for label, stack in stacks.items():
+            p50s[label].append(run_wrk(stack, model, models_dir, 1, seconds)["p50"])
+    return p50s
+
+
+def round_ratios(numerator: list[float], denominator: list[float]) -> str:
+    """'median (each)' of per-round ratios."""
+    each = [round(a / b, 3) for a, b in zip(numerator, denominator)]
+    return f"{statistics.median(each)} ({', '.join(map(str, each))})"
+
+
 def bracketed_baseline(before: dict, after: dict) -> dict:
     merged = {**after}
     for key in ("requests_per_s", "server_cpu_ms_per_request"):
@@ -428,6 +445,8 @@ def main() -> None:
     parser.add_argument("--limit-seconds", type=float, default=6.0)
     parser.add_argument("--pairs", type=int, default=3,
                         help="alternating noop / plain Flask pairs at 32 connections")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of resnet18 variants at 1 connection")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "sample-models")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -479,6 +498,23 @@ def main() -> None:
     served("resnet18 cores not lent", "resnet18", [1, 32], "--workers-per-model", cores,
            "--no-lend-idle-cores")
     results["limit"]["resnet18"] = bracketed_limit(before, limit_of("resnet18", "after"))
+    if 1 in args.connections and args.rounds:
+        # One run each at one connection differs by more than these settings do: alternate.
+        print("alternating at 1 connection: resnet18, batching off, cores not lent ...",
+              flush=True)
+        variants = {"resnet18": (), "resnet18 batching off": ("--max-batch-size", "1"),
+                    "resnet18 cores not lent": ("--no-lend-idle-cores",)}
+        stacks: dict[str, Stack] = {}
+        try:
+            for label, extra in variants.items():
+                stacks[label] = Stack("resnet18", args.models_dir / "resnet18.model",
+                                      "--workers-per-model", cores, *extra)
+            results["alternating_p50_at_1"] = alternating_p50(
+                stacks, "resnet18", args.models_dir, args.rounds, args.duration / 2)
+        finally:
+            for stack in stacks.values():
+                stack.stop()
+        print(f"  {results['alternating_p50_at_1']}", flush=True)
     results["limit"]["digits"] = limit_of("digits", "once")
     served("digits", "digits", args.connections, "--workers-per-model", cores)
     if 32 in args.connections:
@@ -552,6 +588,14 @@ def main() -> None:
             p50 / point("resnet18 batching off", 1)["p50"], 3)
         ratios["resnet18 p50 at 1 connection, idle cores lent / not lent"] = round(
             p50 / point("resnet18 cores not lent", 1)["p50"], 3)
+        alternating = results.get("alternating_p50_at_1")
+        if alternating:
+            ratios["resnet18 p50 at 1 connection, batching on / off, alternating rounds: "
+                   "median (each)"] = round_ratios(alternating["resnet18"],
+                                                   alternating["resnet18 batching off"])
+            ratios["resnet18 p50 at 1 connection, idle cores lent / not lent, alternating "
+                   "rounds: median (each)"] = round_ratios(
+                       alternating["resnet18"], alternating["resnet18 cores not lent"])
     ratios["resnet18 limit drift over the resnet18 runs (after / before)"] = limit[
         "drift_after_before"]
     ratios["resnet18 idle PSS of all server processes, MiB"] = results["served"][
