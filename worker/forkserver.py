@@ -335,7 +335,7 @@ class ForkServer:
     def can_fork(self, env: dict[str, str]) -> bool:
         self.pump()
         if self._sock is None:
-            self.start()  # died: restart it; workers are spawned fresh until it is ready
+            self.start()  # died: restart it (the pool waits for it, then spawns fresh)
             return False
         return self.ready and env == self.env
 

@@ -94,18 +94,19 @@ def plan_workers(models: list[str], gpus: int = 0, gpu: int = -1, workers_per_mo
             for m in models for i, d in enumerate(devices)]
 
 
+def _own_group() -> None:
+    """Child-side, before exec: a process group of its own, so a terminal's Ctrl-C reaches
+    only the parent, which then stops the children in order (frontends drain before the
+    broker goes)."""
+    os.setpgid(0, 0)
+
+
 def _child_setup() -> None:
-    """Child-side, before exec: SIGTERM if the parent dies (no orphans), and a process group
-    of its own, so a terminal's Ctrl-C reaches only the parent, which then stops the
-    children in order (frontends drain before the broker goes)."""
+    """Child-side, before exec: SIGTERM if the parent dies (no orphans), and its own group."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    os.setpgid(0, 0)
-
-
-def _own_group() -> None:
-    os.setpgid(0, 0)
+    _own_group()
 
 
 def spawn(argv: list[str], env: dict[str, str], die_with_parent: bool = True,
