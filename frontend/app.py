@@ -21,6 +21,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from common.config import Config, load_config
+from common.import_pages import release_import_pages
 from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
                            MXServeError, PayloadTooLarge, UnsupportedMediaType)
 from common.logs import setup_logging
@@ -126,9 +127,11 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         app.wsgi_app, config, client, catalog, limits,
         custom_rules=[e.rule for e in endpoints if e.method == "post"])
     # Built once in gunicorn's arbiter and forked (--preload): keep the cyclic GC from
-    # touching, and so un-sharing, every object that exists now in each frontend process.
+    # touching, and so un-sharing, every object that exists now in each frontend process;
+    # and unmap the library pages only the imports ran (common/import_pages.py).
     gc.collect()
     gc.freeze()
+    release_import_pages()
 
     @app.get("/api-description")
     def api_description() -> Any:

@@ -49,6 +49,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from common.import_pages import release_import_pages
 from common.proctree import alive
 
 log = logging.getLogger("worker.forkserver")
@@ -177,6 +178,7 @@ def _import_worker_code() -> None:
 
     gc.collect()
     gc.freeze()
+    release_import_pages()
 
 
 def _reap(options: int) -> list[tuple[int, int]]:
