@@ -110,6 +110,7 @@ class PredictRoute:
             f"decode;dur={(decoded - parsed) * 1000:.2f}, "
             f"queue;dur={timing.get('queue_ms', 0):.2f}, "
             f"inference;dur={timing.get('inference_ms', 0):.2f}, "
+            f"worker;dur={timing.get('worker_ms', 0):.2f}, "
             f"broker;dur={(time.monotonic() - decoded) * 1000:.2f}, "
             f"batch;desc={timing.get('batch_size', 0)}")))
         return json_bytes({"prediction": result})

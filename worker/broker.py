@@ -331,12 +331,14 @@ class Broker:
 
     def _on_reply(self, worker: WorkerState, message: Message, now: float) -> None:
         inference_ms = message.fields.get("inference_ms", 0.0)
+        worker_ms = round((now - worker.batch_started) * 1000.0, 3)  # the hop and inference
         for item in message.items:
             pending = worker.batch.pop(item.id, None)
             if pending is None:
                 continue  # already answered (expired, or the worker was presumed dead)
             self._send_frontend(pending.frontend, Message(Kind.REPLY, {
                 "batch_size": len(message.items), "inference_ms": inference_ms,
+                "worker_ms": worker_ms,
                 "queue_ms": round((worker.batch_started - pending.received) * 1000.0, 3),
             }, [Item(pending.item.id, dict(item.fields))]))
         for pending in worker.batch.values():
