@@ -95,7 +95,7 @@ def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
 
     def step() -> None:
         images = [decode_image(data, spec, Limits()) for _ in range(batch)]
-        x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
+        x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")  # as served
         predictor.forward([x])[0].asnumpy()
 
     for _ in range(3):
@@ -128,7 +128,7 @@ def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: 
     for i in range(40):
         started = time.perf_counter()
         x = decode_image(data, spec, Limits())[np.newaxis].transpose(0, 3, 1, 2)
-        predictor.forward([x.astype(np.float32)])[0].asnumpy()
+        predictor.forward([x.astype(np.float32, order="C")])[0].asnumpy()
         if i >= 5:
             samples.append((time.perf_counter() - started) * 1000)
     results.put(statistics.median(samples))
