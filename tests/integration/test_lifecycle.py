@@ -9,13 +9,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-import sklearn
 
 from common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
 from common.proctree import descendants
 from tests.server_harness import ROOT, Server, wait_gone
 
-PHOTO = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "china.jpg")
+FAULTY = ROOT / "tests" / "data" / "services" / "faulty.py"
 
 
 def ping_when_nothing_is_loading(server: Server, timeout_s: float = 120) -> requests.Response:
@@ -33,15 +32,17 @@ def ping_when_nothing_is_loading(server: Server, timeout_s: float = 120) -> requ
 
 
 def test_sigterm_turns_readiness_off_first_then_finishes_in_flight_requests(sample_models):
-    server = Server([f"resnet18={sample_models['resnet18']}"], "--max-batch-size", "1")
+    # A model whose every request takes 0.1 s (tests/data/services/faulty.py), one at a
+    # time: 16 requests are 1.6 s of work whatever this machine's speed. (With resnet18 the
+    # work left at the signal depended on the machine: on a fast one nothing was left.)
+    server = Server([f"slow={sample_models['noop']}"], "--services", f"slow={FAULTY}",
+                    "--max-batch-size", "1")
     server.wait_ready()
     tree = descendants(server.process.pid)
     assert len(tree) >= 5  # broker, worker, gunicorn master and its 2 workers
-    with open(PHOTO, "rb") as f:
-        image = f.read()
 
     def call(_):
-        return requests.post(f"{server.url}/resnet18/predict", files={"data": image},
+        return requests.post(f"{server.url}/slow/predict", data={"data": "[[0.1, 0, 0, 0]]"},
                              timeout=60).status_code
 
     with ThreadPoolExecutor(16) as pool:
@@ -56,7 +57,7 @@ def test_sigterm_turns_readiness_off_first_then_finishes_in_flight_requests(samp
                 break
             assert time.monotonic() - signalled < 0.5, "still ready 0.5 s after SIGTERM"
         assert ping.json()["reason"] == "shutting down"
-        late = requests.post(f"{server.url}/resnet18/predict", files={"data": image},
+        late = requests.post(f"{server.url}/slow/predict", data={"data": "[[0, 0, 0, 0]]"},
                              timeout=10)
         assert late.status_code == 503 and late.headers["Retry-After"]
         assert not all(f.done() for f in futures), "nothing was in flight any more"
@@ -71,7 +72,7 @@ def test_sigterm_drain_is_bounded_by_drain_timeout(sample_models):
     """A request still running at the drain deadline is answered 503, and everything exits
     within drain_timeout_s + the stop margins, not when the model finally returns."""
     server = Server([f"faulty={sample_models['noop']}"],
-                    "--services", f"faulty={ROOT / 'tests' / 'data' / 'services' / 'faulty.py'}",
+                    "--services", f"faulty={FAULTY}",
                     "--drain-timeout-s", "2", "--request-timeout-s", "25")
     server.wait_ready()
     tree = descendants(server.process.pid)
