@@ -160,6 +160,9 @@ class Worker:
         self.threads = (int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
                         if lendable else 0)
         self.lent_cores = lent_cores.install(self.threads)
+        predictor = getattr(service, "predictor", None)  # MXNet services' BucketedPredictor
+        if predictor is not None and self.threads:
+            self.lent_cores.warm_up(predictor.warm_up, os.cpu_count() or 1)
 
     def run(self) -> None:
         self._install_signals()

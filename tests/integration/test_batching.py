@@ -13,6 +13,11 @@ def batch_size(response: requests.Response) -> int:
     return int(re.search(r"batch;desc=(\d+)", response.headers["Server-Timing"]).group(1))
 
 
+def timings(response: requests.Response) -> dict[str, float]:
+    return {name: float(value) for name, value in
+            re.findall(r"(\w+);dur=([\d.]+)", response.headers["Server-Timing"])}
+
+
 def post_concurrently(server: Server, count: int) -> list[requests.Response]:
     def post(i: int) -> requests.Response:
         return requests.post(f"{server.url}/noop/predict",
@@ -32,6 +37,12 @@ def test_a_batch_delay_gathers_concurrent_requests_into_one_forward(sample_model
         for i, response in enumerate(responses):  # each got its own answer back
             assert response.json()["prediction"] == [[[float(i)] * 4]]
         assert max(batch_size(r) for r in responses) >= 4
+        # Server-Timing nests: the broker's wait on the worker holds the inference, and
+        # the frontend's wait on the broker holds the queue and the worker (2-decimal ms).
+        for response in responses:
+            t = timings(response)
+            assert t["inference"] <= t["worker"] <= t["broker"]
+            assert t["queue"] + t["worker"] <= t["broker"] + 0.02
     finally:
         assert server.stop() == 0
 

@@ -98,3 +98,36 @@ def test_an_error_on_the_wide_thread_is_raised_to_the_caller():
     with pytest.raises(ValueError, match="inside the forward"):
         cores.run(fails)
     assert cores.run(lambda: 7) == 7  # and the thread still serves
+
+
+def test_warm_up_runs_on_the_widest_thread_before_any_request_and_leaves_nothing_lent():
+    cores = lent(0, 60.0)
+    ran_on: list[int] = []
+    cores.warm_up(lambda: ran_on.append(cores.run(where_it_ran)), widest=2)
+    assert ran_on and ran_on[0] != threading.get_ident()
+    assert cores.lent_threads == 0  # the next batch gets only what the broker says
+    cores.lent_threads = 2
+    assert cores.run(where_it_ran) == ran_on[0]  # the thread it warmed
+
+
+@pytest.mark.parametrize("own, widest, forward_ms", [
+    (1, 2, LEND_MIN_MS / 2),  # forwards too short to be lent
+    (0, 2, 60.0),  # never lent (GPU, threaded engine, subgraphs)
+    (2, 2, 60.0),  # it has every core already
+])
+def test_warm_up_does_nothing_for_a_worker_never_lent(own, widest, forward_ms):
+    cores = LentCores(own_threads=own)
+    cores.observe(forward_ms)
+    ran_on: list[int] = []
+    cores.warm_up(lambda: ran_on.append(cores.run(where_it_ran)), widest)
+    assert ran_on == []
+
+
+def test_install_keeps_the_forward_times_measured_before_it():
+    from worker import lent_cores
+
+    lent_cores.install(0).observe(40.0)  # the service's warm-up, before the share is known
+    try:
+        assert lent_cores.install(1).forward_ms == 40.0
+    finally:
+        lent_cores.install(0)
