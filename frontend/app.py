@@ -11,7 +11,6 @@ the client. Each response carries X-Request-Id.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import re
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from common.config import Config, load_config
-from common.import_pages import release_import_pages
+from common.import_pages import settle_before_forking
 from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
                            MXServeError, PayloadTooLarge, UnsupportedMediaType)
 from common.logs import setup_logging
@@ -126,12 +125,8 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     app.wsgi_app = PredictRoute(  # type: ignore[method-assign]
         app.wsgi_app, config, client, catalog, limits,
         custom_rules=[e.rule for e in endpoints if e.method == "post"])
-    # Built once in gunicorn's arbiter and forked (--preload): keep the cyclic GC from
-    # touching, and so un-sharing, every object that exists now in each frontend process;
-    # and unmap the library pages only the imports ran (common/import_pages.py).
-    gc.collect()
-    gc.freeze()
-    release_import_pages()
+    # Built once in gunicorn's arbiter and forked (--preload) into each frontend process.
+    settle_before_forking()
 
     @app.get("/api-description")
     def api_description() -> Any:

@@ -35,7 +35,6 @@ get SIGKILL if the server dies (prctl).
 from __future__ import annotations
 
 import ctypes
-import gc
 import json
 import logging
 import os
@@ -49,7 +48,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from common.import_pages import release_import_pages
+from common.import_pages import settle_before_forking
 from common.proctree import alive
 
 log = logging.getLogger("worker.forkserver")
@@ -176,9 +175,7 @@ def _import_worker_code() -> None:
     except ImportError:
         pass
 
-    gc.collect()
-    gc.freeze()
-    release_import_pages()
+    settle_before_forking()
 
 
 def _reap(options: int) -> list[tuple[int, int]]:

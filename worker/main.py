@@ -157,12 +157,12 @@ class Worker:
         # threaded engine and with MKLDNN subgraphs.
         lendable = (args.gpu is None and os.environ.get("MXNET_ENGINE_TYPE") == "NaiveEngine"
                     and os.environ.get("MXNET_SUBGRAPH_BACKEND") == "NONE")
-        self.threads = (int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-                        if lendable else 0)
+        cores = os.cpu_count() or 1  # what the broker lends at most (worker/broker.py)
+        self.threads = int(os.environ.get("OMP_NUM_THREADS") or cores) if lendable else 0
         self.lent_cores = lent_cores.install(self.threads)
         predictor = getattr(service, "predictor", None)  # MXNet services' BucketedPredictor
         if predictor is not None and self.threads:
-            self.lent_cores.warm_up(predictor.warm_up, os.cpu_count() or 1)
+            self.lent_cores.warm_up(predictor.warm_up, cores)
 
     def run(self) -> None:
         self._install_signals()
