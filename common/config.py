@@ -113,6 +113,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jpeg_draft", bool, False, "decode JPEGs at least twice the input size at a "
             "reduced scale (Pillow draft): much faster on large photos, but the pixels differ "
             "from MMS 0.4's full decode + bicubic decimation, so answers can move"),
+    Setting("image_decode", str, "auto", "where JPEG/PNG inputs are decoded: 'frontend', "
+            "'worker' (the CPU worker that runs the model, before its forward: no frontend "
+            "thread preempts a forward to decode; resnet18 on 2 cores: ~3.5 % less CPU per "
+            "request) or 'auto' (worker with CPU workers, frontend with GPUs, whose worker "
+            "thread must keep feeding the GPU)",
+            lambda v: v in ("auto", "frontend", "worker")),
     Setting("max_queue_size", int, 100, "queued requests per model before 503", _positive),
     Setting("request_timeout_s", float, 30.0, "inference deadline per request", _positive),
     Setting("frontend_queue_timeout_s", float, 5.0, "a predict request that waited this long "
@@ -170,6 +176,13 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         return Config({**self.values, **changes}, {**self.sources, **dict.fromkeys(changes,
                                                                                    "derived")})
+
+    @property
+    def images_decoded_by_workers(self) -> bool:
+        """Whether frontends send JPEG/PNG inputs on encoded (setting image_decode)."""
+        if self.values["image_decode"] == "auto":
+            return self.values["gpus"] == 0 and self.values["gpu"] < 0
+        return self.values["image_decode"] == "worker"
 
     def to_env(self) -> dict[str, str]:
         """The effective config as MXSERVE_* variables, for child processes."""

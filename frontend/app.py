@@ -20,6 +20,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from common.config import Config, load_config
+from common.images import warm_up
 from common.import_pages import settle_before_forking
 from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
                            MXServeError, PayloadTooLarge, UnsupportedMediaType)
@@ -27,7 +28,7 @@ from common.logs import setup_logging
 from frontend.admission import QUEUE_TIMEOUT_KEY, waited_s
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
-from frontend.decode import Limits, warm_up
+from frontend.decode import Limits
 from frontend.exchange import Exchange, error_answer, log_access, next_wire_id, request_id_for
 from frontend.management import add_management_routes
 from frontend.openapi import build_spec

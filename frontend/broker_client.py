@@ -157,10 +157,15 @@ class BrokerClient:
                 return reply
 
     def predict(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
-                budget_s: float, wait_s: float) -> tuple[Any, Mapping[str, Any]]:
-        """Run one request; return (result, reply fields) or raise its error."""
-        reply = self.call(Kind.REQUEST, {"model": model},
-                          Item(request_id, {"budget_ms": budget_s * 1000.0}, arrays), wait_s)
+                budget_s: float, wait_s: float, images: Mapping[str, Any] | None = None
+                ) -> tuple[Any, Mapping[str, Any]]:
+        """Run one request; return (result, reply fields) or raise its error. `images`: the
+        image inputs are still encoded, for the worker to decode within these limits."""
+        fields: dict[str, Any] = {"budget_ms": budget_s * 1000.0}
+        if images is not None:
+            fields["images"] = images
+        reply = self.call(Kind.REQUEST, {"model": model}, Item(request_id, fields, arrays),
+                          wait_s)
         fields = reply.items[0].fields
         if "error" in fields:
             raise _error(fields["error"])

@@ -1,13 +1,9 @@
 """Turning a predict request's form fields into the arrays a worker expects (DESIGN §1, §4).
 
 Images (`image/jpeg` signatures): a file part, or a base64 string field as MMS 0.4 allowed.
-The bytes are sniffed (JPEG and PNG accepted, the declared content type is ignored, anything
-else is 415); the size is read from the header and refused (413) before any pixel is
-decoded; decoding is strict (a truncated file is 400, never a half-grey prediction); EXIF
-orientation is applied as OpenCV (and so MMS 0.4) did; the result is stretch-resized to the
-signature's H x W with OpenCV's INTER_CUBIC, exactly MMS 0.4's `imresize(..., interp=2)`
-(Pillow decodes JPEG pixel-identically to OpenCV; its bicubic resize differs, so the resize
-is OpenCV's). Output: an H x W x C uint8 array (RGB, or gray for 1-channel signatures).
+Decoded here to H x W x C uint8 (common/images.py), or, where CPU workers decode
+(`image_decode`), only checked here (JPEG or PNG, size from the header within the limit)
+and sent on as its encoded bytes, a 1-D uint8 array the worker decodes with the same code.
 
 JSON tensors (`application/json`): real JSON, nesting bounded before parsing, finite
 numbers only, a shape that matches the signature (0 = any; a missing batch axis is added).
@@ -16,26 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from dataclasses import dataclass
-import cv2
+
 import numpy as np
-from PIL import Image, ImageOps
 
-from common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from common import images
+from common.errors import InvalidInput, PayloadTooLarge
 from common.signature import Signature, TensorSpec
-
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ACCEPTED_FORMATS = {"JPEG", "PNG"}
-EXIF_ORIENTATION = 0x0112
-# Pillow's own bomb guard (warn at 89 Mpx, refuse at 179 Mpx) is replaced by ours, which is
-# stricter (max_image_pixels) and answers 413 with the image's size.
-Image.MAX_IMAGE_PIXELS = None
-# Frontends are many threads in few processes on cores the workers need: OpenCV's own
-# thread pool per resize would only oversubscribe them.
-cv2.setNumThreads(1)
 
 
 @dataclass(frozen=True)
@@ -55,8 +39,10 @@ class Field:
     is_file: bool
 
 
-def decode_inputs(signature: Signature, fields: list[Field], limits: Limits
-                  ) -> dict[str, np.ndarray]:
+def decode_inputs(signature: Signature, fields: list[Field], limits: Limits,
+                  decode_images: bool = True) -> dict[str, np.ndarray]:
+    """One array per signature input. With `decode_images` False an image input is its
+    checked, still encoded bytes (1-D uint8, no copy), for the worker to decode."""
     expected = [spec.name for spec in signature.inputs]
     unexpected = sorted({f.name for f in fields} - set(expected))
     if unexpected:
@@ -70,19 +56,15 @@ def decode_inputs(signature: Signature, fields: list[Field], limits: Limits
                                f"{expected} as multipart/form-data (see /api-description)")
         if len(given) > 1:
             raise InvalidInput(f"field {spec.name!r} was sent {len(given)} times; send it once")
-        if signature.is_image:
+        if signature.is_image and decode_images:
             arrays[spec.name] = decode_image(_image_bytes(given[0]), spec, limits)
+        elif signature.is_image:
+            data = _image_bytes(given[0])
+            images.open_image(data, limits.max_image_pixels)
+            arrays[spec.name] = np.frombuffer(data, np.uint8)
         else:
             arrays[spec.name] = decode_tensor(given[0].data, spec, limits)
     return arrays
-
-
-def warm_up() -> None:
-    """Decode and resize one small JPEG: the first decode in a process pays ~25 ms of lazy
-    library set-up (measured), which belongs to start-up, not to a client's request."""
-    sample = io.BytesIO()
-    Image.new("RGB", (64, 48), (90, 120, 150)).save(sample, format="JPEG")
-    decode_image(sample.getvalue(), TensorSpec("warm_up", (1, 3, 32, 32)), Limits())
 
 
 def _image_bytes(field: Field) -> bytes:
@@ -102,43 +84,9 @@ def _image_bytes(field: Field) -> bytes:
     return data
 
 
-def sniff_image(data: bytes) -> str:
-    if data.startswith(JPEG_MAGIC):
-        return "JPEG"
-    if data.startswith(PNG_MAGIC):
-        return "PNG"
-    raise UnsupportedMediaType("the file is not a JPEG or PNG image")
-
-
 def decode_image(data: bytes, spec: TensorSpec, limits: Limits) -> np.ndarray:
-    """Encoded JPEG/PNG -> H x W x C uint8 at the signature's size."""
-    sniff_image(data)
-    height, width = spec.image_size
-    try:
-        image = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
-        if image.width * image.height > limits.max_image_pixels:
-            raise PayloadTooLarge(f"the image is {image.width}x{image.height} pixels; "
-                                  f"the limit is {limits.max_image_pixels} pixels")
-        if limits.jpeg_draft and image.format == "JPEG":
-            # Opt-in. DCT-domain downscaling by 1/2, 1/4 or 1/8, only as far as keeps the
-            # image at least the input size: a 4000x3000 photo for a 224x224 input decodes
-            # 64x fewer pixels. The result is antialiased where 0.4's bicubic decimation of
-            # the full image aliases, so pixels (and answers) move; off by default.
-            rotated = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
-            image.draft(image.mode, (height, width) if rotated else (width, height))
-        image.load()  # strict: a truncated or corrupt file raises here
-        # In place and only when needed: the copying forms copy every pixel even when
-        # there is nothing to rotate or convert (0.2-0.4 ms on a 640x427 photo).
-        ImageOps.exif_transpose(image, in_place=True)
-        mode = "RGB" if spec.channels == 3 else "L"
-        if image.mode != mode:
-            image = image.convert(mode)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"the image could not be decoded: {exc}") from exc
-    pixels_hwc = np.asarray(image)
-    if pixels_hwc.shape[:2] != (height, width):
-        pixels_hwc = cv2.resize(pixels_hwc, (width, height), interpolation=cv2.INTER_CUBIC)
-    return pixels_hwc.reshape(height, width, spec.channels)
+    """Encoded JPEG/PNG -> H x W x C uint8 at the signature's size, within `limits`."""
+    return images.decode_image(data, spec, limits.max_image_pixels, limits.jpeg_draft)
 
 
 def decode_tensor(data: bytes | str, spec: TensorSpec, limits: Limits) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Running one batch of requests through a ModelService, one answer or error per request.
 
-Steps, per batch: drop requests whose deadline has passed (504, not executed); check each
-request's arrays against the signature (400, the model never sees them); run the rest
+Steps, per batch: drop requests whose deadline has passed (504, not executed); decode the
+images a frontend sent encoded (setting image_decode: the same code as the frontend's, so
+the same pixels; a truncated file is this request's 400); check each request's arrays
+against the signature (400, the model never sees them); run the rest
 through `service.handle_batch` in one forward; if that raises, run them one by one so a
 single bad input fails alone (500 for it, answers for the others); make every answer
 msgpack-safe (numpy scalars and arrays become Python numbers and lists).
@@ -17,7 +19,7 @@ import numpy as np
 
 from common.errors import DeadlineExceeded, InvalidInput, ModelError, MXServeError
 from common.protocol import Item
-from common.signature import Signature
+from common.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,13 @@ class Outcome:
         return Item(id=self.id, fields={"result": self.result})
 
 
+@dataclass
+class BatchTiming:
+    decode_ms: float = 0.0  # decoding the images that arrived encoded
+
+
 def run_batch(service: Any, signature: Signature, items: Sequence[Item],
-              deadlines: Sequence[float]) -> list[Outcome]:
+              deadlines: Sequence[float], timing: BatchTiming | None = None) -> list[Outcome]:
     """`deadlines`: per item, a time.monotonic() value after which it must not run."""
     outcomes: dict[str, Outcome] = {}
     runnable: list[tuple[Item, list[np.ndarray]]] = []
@@ -52,8 +59,10 @@ def run_batch(service: Any, signature: Signature, items: Sequence[Item],
             continue
         try:
             runnable.append((item, inputs_in_order(signature, item)))
-        except InvalidInput as exc:
+        except MXServeError as exc:  # 400, or 413/415 from an image's header
             outcomes[item.id] = Outcome(item.id, error=exc)
+    if timing is not None:
+        timing.decode_ms = (time.monotonic() - now) * 1000.0
     if runnable:
         for outcome in _run(service, runnable):
             outcomes[outcome.id] = outcome
@@ -67,9 +76,12 @@ def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
     missing = [n for n in names if n not in item.arrays]
     if missing or extra:
         raise InvalidInput(f"expected inputs {names}, got {sorted(item.arrays)}")
+    encoded = item.fields.get("images")  # the frontend's limits, when it left them encoded
     ordered = []
     for spec in signature.inputs:
         array = item.arrays[spec.name]
+        if signature.is_image and encoded is not None:
+            array = decode_image(array, spec, encoded)
         if signature.is_image:
             expected = (*spec.image_size, spec.channels)
             if array.dtype != np.uint8 or array.shape != expected:
@@ -81,6 +93,17 @@ def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
                                f"(0 = any), got {list(array.shape)}")
         ordered.append(array)
     return ordered
+
+
+def decode_image(data: np.ndarray, spec: TensorSpec, limits: Any) -> np.ndarray:
+    """A JPEG/PNG sent as its bytes (1-D uint8) -> H x W x C uint8, as the frontend would."""
+    from common import images  # Pillow and OpenCV: only workers of image models load them
+
+    if not isinstance(limits, dict) or data.dtype != np.uint8 or data.ndim != 1:
+        raise InvalidInput(f"input {spec.name!r}: an encoded image must be 1-D uint8 bytes "
+                           "with its limits")
+    return images.decode_image(data, spec, int(limits.get("max_pixels", 0)),
+                               bool(limits.get("draft", False)))
 
 
 def _run(service: Any, runnable: list[tuple[Item, list[np.ndarray]]]) -> list[Outcome]:

@@ -183,8 +183,9 @@ class Broker:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the poller
         signal.set_wakeup_fd(self.wake_w)
-        log.info("broker up: %d model(s), %d worker(s) planned", len(self.models),
-                 len(self.pool.workers))
+        log.info("broker up: %d model(s), %d worker(s) planned; images decoded by the %s",
+                 len(self.models), len(self.pool.workers),
+                 "workers" if self.config.images_decoded_by_workers else "frontends")
         try:
             while True:
                 now = time.monotonic()
@@ -331,6 +332,7 @@ class Broker:
 
     def _on_reply(self, worker: WorkerState, message: Message, now: float) -> None:
         inference_ms = message.fields.get("inference_ms", 0.0)
+        decode_ms = message.fields.get("decode_ms", 0.0)
         worker_ms = round((now - worker.batch_started) * 1000.0, 3)  # the hop and inference
         for item in message.items:
             pending = worker.batch.pop(item.id, None)
@@ -338,7 +340,7 @@ class Broker:
                 continue  # already answered (expired, or the worker was presumed dead)
             self._send_frontend(pending.frontend, Message(Kind.REPLY, {
                 "batch_size": len(message.items), "inference_ms": inference_ms,
-                "worker_ms": worker_ms,
+                "decode_ms": decode_ms, "worker_ms": worker_ms,
                 "queue_ms": round((worker.batch_started - pending.received) * 1000.0, 3),
             }, [Item(pending.item.id, dict(item.fields))]))
         for pending in worker.batch.values():
@@ -626,8 +628,10 @@ class Broker:
                 batch: list[Pending] = []
                 while model.queue and len(batch) < size:
                     batch.append(model.queue.popleft())
-                items = [Item(p.item.id, {"budget_ms": max(0.0, (p.deadline - now) * 1000.0)},
-                              p.item.arrays) for p in batch]
+                # The frontend's item fields (e.g. how to decode its images) with the
+                # budget left now.
+                items = [Item(p.item.id, {**p.item.fields, "budget_ms": max(
+                    0.0, (p.deadline - now) * 1000.0)}, p.item.arrays) for p in batch]
                 worker.batch = {p.item.id: p for p in batch}
                 model.batches += 1
                 model.batched += len(batch)

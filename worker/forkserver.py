@@ -167,6 +167,7 @@ def _import_worker_code() -> None:
     import numpy  # noqa: F401
     import zmq  # noqa: F401  (the module only: no context exists before a fork)
 
+    import common.images  # noqa: F401  (Pillow and OpenCV: CPU workers decode images)
     import worker.main  # noqa: F401
     import worker.services.loader  # noqa: F401
 

@@ -33,7 +33,7 @@ from typing import Any
 from common.logs import setup_logging
 from common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
 from common.protocol import Kind, Message, from_frames, to_frames
-from worker.batch import run_batch  # numpy only: safe before OMP_NUM_THREADS is set
+from worker.batch import BatchTiming, run_batch  # numpy only: safe before OMP_NUM_THREADS
 from worker import lent_cores  # mxnet imported only when a batch runs wide
 
 log = logging.getLogger("worker")
@@ -160,6 +160,10 @@ class Worker:
         cores = os.cpu_count() or 1  # what the broker lends at most (worker/broker.py)
         self.threads = int(os.environ.get("OMP_NUM_THREADS") or cores) if lendable else 0
         self.lent_cores = lent_cores.install(self.threads)
+        if archive.signature.is_image and args.gpu is None:
+            from common import images
+
+            images.warm_up()  # CPU workers decode images (setting image_decode)
         predictor = getattr(service, "predictor", None)  # MXNet services' BucketedPredictor
         if predictor is not None and self.threads:
             self.lent_cores.warm_up(predictor.warm_up, cores)
@@ -246,10 +250,13 @@ class Worker:
                      for item in message.items]
         started = time.monotonic()
         self.lent_cores.lent_threads = int(message.fields.get("threads", 0))
-        outcomes = run_batch(self.service, self.archive.signature, message.items, deadlines)
-        inference_ms = (time.monotonic() - started) * 1000.0
+        timing = BatchTiming()
+        outcomes = run_batch(self.service, self.archive.signature, message.items, deadlines,
+                             timing)
+        inference_ms = (time.monotonic() - started) * 1000.0 - timing.decode_ms
         self._send(Message(Kind.REPLY,
                            {"model": self.archive.name, "batch_size": len(message.items),
+                            "decode_ms": round(timing.decode_ms, 3),
                             "inference_ms": round(inference_ms, 3)},
                            [outcome.to_item() for outcome in outcomes]))
 

@@ -46,6 +46,7 @@ def test_child_env_roundtrip():
     ({"log_level": "LOUD"}, {}, None, "log_level"),
     ({"request_timeout_s": 60.0, "gunicorn_timeout_s": 61.0}, {}, None, "timeout ladder"),
     ({"models": ["=x.model"]}, {}, None, "expected name=path"),
+    ({"image_decode": "gpu"}, {}, None, "image_decode"),
 ])
 def test_bad_settings_are_refused_with_the_reason(tmp_path, cli, env, file_text, match):
     path = None
@@ -54,6 +55,17 @@ def test_bad_settings_are_refused_with_the_reason(tmp_path, cli, env, file_text,
         path.write_text(file_text)
     with pytest.raises(ConfigError, match=match):
         load_config(cli, str(path) if path else None, env=env)
+
+
+@pytest.mark.parametrize("cli, workers_decode", [
+    ({}, True),  # auto, CPU workers
+    ({"gpus": 2}, False),  # auto: a GPU worker's thread must keep feeding its GPU
+    ({"gpu": 0}, False),
+    ({"image_decode": "frontend"}, False),
+    ({"image_decode": "worker", "gpus": 1}, True),
+])
+def test_where_images_are_decoded(cli, workers_decode):
+    assert load_config(cli, env={}).images_decoded_by_workers is workers_decode
 
 
 def test_per_model_batching_overrides():

@@ -180,3 +180,24 @@ def test_binary_data_for_a_json_tensor_is_a_400_not_a_500():
 
     with pytest.raises(InvalidInput, match="JSON text"):
         decode_tensor(b"\xff\xd8\xff\xe0 not utf-8", TensorSpec("data", (1, 64)), Limits())
+
+
+def test_images_left_for_the_worker_are_checked_but_not_decoded():
+    data = photo()
+    arrays = decode_inputs(IMAGE_SIG, image_field(data), LIMITS, decode_images=False)
+    encoded = arrays["data"]
+    assert encoded.dtype == np.uint8 and encoded.ndim == 1
+    assert encoded.tobytes() == data
+    assert not encoded.flags.owndata  # a view of the form's bytes, not a copy
+
+
+@pytest.mark.parametrize("data, error, match", [
+    (b"hello, I am text", UnsupportedMediaType, "not a JPEG or PNG"),
+    (b"\xff\xd8\xff" + b"\0" * 50, InvalidInput, "could not be decoded"),
+    (encode(np.zeros((20000, 20000), np.uint8), "PNG", compress_level=9), PayloadTooLarge,
+     "20000x20000"),
+])
+def test_images_left_for_the_worker_are_refused_here_when_their_header_says_so(data, error,
+                                                                              match):
+    with pytest.raises(error, match=match):
+        decode_inputs(IMAGE_SIG, image_field(data), LIMITS, decode_images=False)
