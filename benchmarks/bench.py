@@ -5,7 +5,7 @@ measured side by side in one run on one machine.
     python benchmarks/bench.py [--duration 10] [--connections 1 8 32 128] [--pairs 3]
                                [--out DIR]
 
-  1. The limit: in-process MXNet, same model files, same preprocessing (the frontend's own
+  1. The limit: in-process MXNet, same model files, same preprocessing (the server's own
      decode function, then the worker's predictor), all cores as 2 processes x 1 thread,
      at batch 1, 4 and 8, in three variants: MKLDNN's subgraph backend on, off, and off with
      BatchNorms folded into convolutions (what served workers run); the best is the limit.
@@ -14,7 +14,7 @@ measured side by side in one run on one machine.
   2. mxserve under wrk (multipart POST, benchmarks/multipart.lua) at each connection count:
      requests/s, p50/p90/p99 latency, non-2xx, server CPU ms per request (all server
      processes), peak PSS of all server processes; then batching off vs on at 1 and 32
-     connections.
+     connections, and, alternating, images decoded by the workers vs by the frontends at 32.
   3. The same for the digits CNN and for `noop` (output = input: the server's own cost),
      and the overhead baseline: a plain Flask app reading the same multipart form under
      gunicorn gthread with the frontend's process and thread counts
@@ -202,15 +202,30 @@ def paired_ratios(pairs: list[dict]) -> dict:
             "median_cpu_per_request": round(statistics.median(cpu), 3)}
 
 
-def alternating_p50(stacks: dict[str, Stack], model: str, models_dir: Path, rounds: int,
-                    seconds: float) -> dict[str, list[float]]:
-    """p50 at one connection of each server in turn, `rounds` times. The servers run side
-    by side (at one connection the idle ones cost nothing), so drift hits all alike."""
-    p50s: dict[str, list[float]] = {label: [] for label in stacks}
+def alternating(stacks: dict[str, Stack], model: str, models_dir: Path, connections: int,
+                rounds: int, seconds: float) -> dict[str, list[dict]]:
+    """Each server in turn under wrk, `rounds` times. The servers run side by side (an idle
+    one costs nothing), so drift hits all alike."""
+    runs: dict[str, list[dict]] = {label: [] for label in stacks}
     for _ in range(rounds):
         for label, stack in stacks.items():
-            p50s[label].append(run_wrk(stack, model, models_dir, 1, seconds)["p50"])
-    return p50s
+            runs[label].append(run_wrk(stack, model, models_dir, connections, seconds))
+    return runs
+
+
+def side_by_side(variants: dict[str, tuple[str, ...]], models_dir: Path, connections: int,
+                 rounds: int, seconds: float) -> dict[str, list[dict]]:
+    """resnet18 servers with each variant's extra flags, alternating (see `alternating`)."""
+    cores = str(os.cpu_count() or 1)
+    stacks: dict[str, Stack] = {}
+    try:
+        for label, extra in variants.items():
+            stacks[label] = Stack("resnet18", models_dir / "resnet18.model",
+                                  "--workers-per-model", cores, *extra)
+        return alternating(stacks, "resnet18", models_dir, connections, rounds, seconds)
+    finally:
+        for stack in stacks.values():
+            stack.stop()
 
 
 def round_ratios(numerator: list[float], denominator: list[float]) -> str:
@@ -502,19 +517,24 @@ def main() -> None:
         # One run each at one connection differs by more than these settings do: alternate.
         print("alternating at 1 connection: resnet18, batching off, cores not lent ...",
               flush=True)
-        variants = {"resnet18": (), "resnet18 batching off": ("--max-batch-size", "1"),
-                    "resnet18 cores not lent": ("--no-lend-idle-cores",)}
-        stacks: dict[str, Stack] = {}
-        try:
-            for label, extra in variants.items():
-                stacks[label] = Stack("resnet18", args.models_dir / "resnet18.model",
-                                      "--workers-per-model", cores, *extra)
-            results["alternating_p50_at_1"] = alternating_p50(
-                stacks, "resnet18", args.models_dir, args.rounds, args.duration / 2)
-        finally:
-            for stack in stacks.values():
-                stack.stop()
+        runs = side_by_side({"resnet18": (), "resnet18 batching off": ("--max-batch-size", "1"),
+                             "resnet18 cores not lent": ("--no-lend-idle-cores",)},
+                            args.models_dir, 1, args.rounds, args.duration / 2)
+        results["alternating_p50_at_1"] = {label: [r["p50"] for r in each]
+                                           for label, each in runs.items()}
         print(f"  {results['alternating_p50_at_1']}", flush=True)
+    if 32 in args.connections and args.rounds:
+        # Where images are decoded moves a few percent: alternate, at 32 connections.
+        print("alternating at 32 connections: images decoded by workers / by frontends ...",
+              flush=True)
+        runs = side_by_side({"workers": ("--image-decode", "worker"),
+                             "frontends": ("--image-decode", "frontend")},
+                            args.models_dir, 32, args.rounds, args.duration / 2)
+        results["alternating_decode_at_32"] = {
+            label: [{k: r[k] for k in ("requests_per_s", "server_cpu_ms_per_request", "p99",
+                                       "non_2xx")} for r in each]
+            for label, each in runs.items()}
+        print(f"  {results['alternating_decode_at_32']}", flush=True)
     results["limit"]["digits"] = limit_of("digits", "once")
     served("digits", "digits", args.connections, "--workers-per-model", cores)
     if 32 in args.connections:
@@ -596,6 +616,14 @@ def main() -> None:
             ratios["resnet18 p50 at 1 connection, idle cores lent / not lent, alternating "
                    "rounds: median (each)"] = round_ratios(
                        alternating["resnet18"], alternating["resnet18 cores not lent"])
+    decode = results.get("alternating_decode_at_32")
+    if decode:
+        for key, what in (("requests_per_s", "throughput"),
+                          ("server_cpu_ms_per_request", "server CPU per request")):
+            ratios[f"resnet18 images decoded by workers / by frontends, {what}, 32 "
+                   "connections, alternating rounds: median (each)"] = round_ratios(
+                       [r[key] for r in decode["workers"]],
+                       [r[key] for r in decode["frontends"]])
     ratios["resnet18 limit drift over the resnet18 runs (after / before)"] = limit[
         "drift_after_before"]
     ratios["resnet18 idle PSS of all server processes, MiB"] = results["served"][
