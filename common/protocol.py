@@ -7,7 +7,9 @@ A message is one ZeroMQ multipart message (after any ROUTER identity envelope):
                            {"k": kind,                       # Kind, an int
                             "f": {...},                      # message fields (model, device, ...)
                             "i": [{"id": request id,         # items: the requests of a batch
-                                   "f": {...},               #   budget_ms, result, error
+                                   "f": {...},               #   budget_ms, images (still
+                                                             #   encoded: their limits),
+                                                             #   result, error
                                    "a": [[name, dtype, shape], ...]}, ...]}
     frame 2.. one raw C-contiguous buffer per array, in item order, then array order
 

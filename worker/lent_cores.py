@@ -11,9 +11,11 @@ code) stays on the main thread.
 
 Only where that is safe and effective: MXNet's naive engine (the pool's default for CPU
 workers) runs operators on the calling thread; with the threaded engine a wider caller
-widens nothing. MKLDNN's subgraph operators keep per-executor state built on the thread
-that first ran them and crash (SIGSEGV, measured) when another thread runs them. A worker
-under either setting reports no share (threads 0), and is lent nothing.
+widens nothing. MKLDNN's subgraph operators keep per-executor primitives built for the
+width of the thread that first ran them: on a wider thread they ran no faster (resnet18,
+120 alternating forwards, with and without folded BatchNorms: 35.3 against 34.6 ms and
+40.0 against 39.4 ms), and an earlier build of this code saw them crash (SIGSEGV) there. A
+worker under either setting reports no share (threads 0), and is lent nothing.
 
 Why a separate thread per width, and not `omp_set_num_threads` before each batch: OpenMP's
 thread count is a per-thread setting, and MXNet caches its MKLDNN primitives per calling
