@@ -115,7 +115,7 @@ SETTINGS: tuple[Setting, ...] = (
             "from MMS 0.4's full decode + bicubic decimation, so answers can move"),
     Setting("image_decode", str, "auto", "where JPEG/PNG inputs are decoded: 'frontend', "
             "'worker' (the CPU worker that runs the model, before its forward: no frontend "
-            "thread preempts a forward to decode; resnet18 on 2 cores: ~3.5 % less CPU per "
+            "thread preempts a forward to decode; resnet18 on 2 cores: ~3 % less CPU per "
             "request) or 'auto' (worker with CPU workers, frontend with GPUs, whose worker "
             "thread must keep feeding the GPU)",
             lambda v: v in ("auto", "frontend", "worker")),
