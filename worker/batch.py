@@ -81,7 +81,7 @@ def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
     for spec in signature.inputs:
         array = item.arrays[spec.name]
         if signature.is_image and encoded is not None:
-            array = decode_image(array, spec, encoded)
+            array = decode_sent_image(array, spec, encoded)
         if signature.is_image:
             expected = (*spec.image_size, spec.channels)
             if array.dtype != np.uint8 or array.shape != expected:
@@ -95,7 +95,7 @@ def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
     return ordered
 
 
-def decode_image(data: np.ndarray, spec: TensorSpec, limits: Any) -> np.ndarray:
+def decode_sent_image(data: np.ndarray, spec: TensorSpec, limits: Any) -> np.ndarray:
     """A JPEG/PNG sent as its bytes (1-D uint8) -> H x W x C uint8, as the frontend would."""
     from common import images  # Pillow and OpenCV: only workers of image models load them
 
