@@ -79,11 +79,11 @@ def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if variant == "mkldnn" else "NONE"
     import mxnet as mx
-    import numpy as np
 
     from common.archive import load_archive
     from frontend.decode import Limits, decode_image
     from worker.predictor import BucketedPredictor
+    from worker.services.vision import images_to_batch
 
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
@@ -95,8 +95,7 @@ def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
 
     def step() -> None:
         images = [decode_image(data, spec, Limits()) for _ in range(batch)]
-        x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")  # as served
-        predictor.forward([x])[0].asnumpy()
+        predictor.forward([images_to_batch(images)])[0].asnumpy()  # as served
 
     for _ in range(3):
         step()
@@ -112,11 +111,11 @@ def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if variant == "mkldnn" else "NONE"
     import mxnet as mx
-    import numpy as np
 
     from common.archive import load_archive
     from frontend.decode import Limits, decode_image
     from worker.predictor import BucketedPredictor
+    from worker.services.vision import images_to_batch
 
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
@@ -127,8 +126,7 @@ def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: 
     samples = []
     for i in range(40):
         started = time.perf_counter()
-        x = decode_image(data, spec, Limits())[np.newaxis].transpose(0, 3, 1, 2)
-        predictor.forward([x.astype(np.float32, order="C")])[0].asnumpy()
+        predictor.forward([images_to_batch([decode_image(data, spec, Limits())])])[0].asnumpy()
         if i >= 5:
             samples.append((time.perf_counter() - started) * 1000)
     results.put(statistics.median(samples))

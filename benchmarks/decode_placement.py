@@ -55,9 +55,9 @@ def _decoder():  # type: ignore[no-untyped-def]
 
 
 def _as_batch(pixels):  # type: ignore[no-untyped-def]
-    import numpy as np
+    from worker.services.vision import images_to_batch
 
-    return pixels[np.newaxis].transpose(0, 3, 1, 2).astype(np.float32, order="C")
+    return images_to_batch([pixels])
 
 
 def together(start, seconds: float, results) -> None:  # type: ignore[no-untyped-def]

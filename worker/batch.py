@@ -80,9 +80,9 @@ def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
     ordered = []
     for spec in signature.inputs:
         array = item.arrays[spec.name]
-        if signature.is_image and encoded is not None:
-            array = decode_sent_image(array, spec, encoded)
         if signature.is_image:
+            if encoded is not None:
+                array = decode_sent_image(array, spec, encoded)
             expected = (*spec.image_size, spec.channels)
             if array.dtype != np.uint8 or array.shape != expected:
                 raise InvalidInput(f"input {spec.name!r} must be a uint8 image of shape "

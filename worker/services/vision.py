@@ -1,8 +1,9 @@
 """MXNetVisionService: images in, top-5 {"class", "probability"} per output out (MMS 0.4).
 
 Preprocessing is 0.4's: RGB, stretch-resize to the signature's H x W with OpenCV bicubic,
-HWC -> CHW, no scaling or normalisation (the graph carries it). The frontend has already
-decoded and resized each image, so the vectorised batch path only stacks and transposes.
+HWC -> CHW, no scaling or normalisation (the graph carries it). Each image arrives decoded
+and resized (by the frontend, or by this worker before any service code: image_decode), so
+the vectorised batch path only stacks and transposes.
 """
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import numpy as np
 from common.errors import ModelError
 from worker.services.base import MXNetBaseService, Request
 from worker.services.utils import image, ndarray
+
+
+def images_to_batch(images: Sequence[np.ndarray]) -> np.ndarray:
+    """N images H x W x C uint8 -> one N x C x H x W float32 batch in C order. astype's
+    default order "K" kept the NHWC layout, so the executor copy did a second, strided
+    pass: a batch of 4 224x224 images took 3.2-4.7 ms, against 0.7 ms in C order."""
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")
 
 
 class MXNetVisionService(MXNetBaseService):
@@ -38,11 +46,7 @@ class MXNetVisionService(MXNetBaseService):
             for img in images:
                 if img.shape != (*spec.image_size, spec.channels):
                     return super(MXNetBaseService, self)._preprocess_batch(requests)
-            # N x H x W x C uint8 -> N x C x H x W float32 in C order. astype's default
-            # order "K" kept the NHWC layout, so the executor copy did a second, strided
-            # pass: a batch of 4 224x224 images took 3.2-4.7 ms, against 0.7 ms in C order.
-            nchw = np.stack(images).transpose(0, 3, 1, 2)
-            stacked.append(nchw.astype(np.float32, order="C"))
+            stacked.append(images_to_batch(images))
         return stacked, [1] * len(requests)
 
     def _postprocess_batch(self, outputs: Sequence[Any], rows: Sequence[int]) -> list[Any]:
