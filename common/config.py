@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from common.errors import MXServeError
+from common.errors import InvalidInput, MXServeError
+from common.url_allowlist import parse_allowlist
 
 
 class ConfigError(MXServeError):
@@ -37,6 +38,8 @@ class Setting:
     default: Any
     help: str
     valid: Callable[[Any], bool] | None = None
+    cli: bool = True  # False: no flag, since a value on the command line is visible in `ps`
+    secret: bool = False  # masked by `config --show`, never exported to child processes
 
     @property
     def env(self) -> str:
@@ -67,23 +70,39 @@ class Setting:
 
 
 MIB = 1024 * 1024
+MIN_TOKEN_CHARS = 16  # a shorter secret can be guessed; 16 random characters cannot
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("models", list, [], "models to serve, as name=archive (a .model zip or folder)"),
     Setting("host", str, "127.0.0.1", "inference listener address"),
     Setting("port", int, 8080, "inference listener port", _positive),
-    Setting("management_host", str, "127.0.0.1", "management listener address (/metrics); "
-            "anything but loopback requires management_token"),
+    Setting("management_host", str, "127.0.0.1", "management listener address (/models, "
+            "/metrics); anything but loopback requires management_auth"),
     Setting("management_port", int, 8081, "management listener port (0: no management "
             "listener)", _non_negative),
-    Setting("management_token", str, "", "bearer token the management listener requires "
-            "(compared in constant time, never logged)"),
+    Setting("management_auth", bool, True, "require a bearer token on every management "
+            "route (--no-management-auth: none, loopback listeners only, logged as a "
+            "warning)"),
+    Setting("management_token_file", str, "", "file holding the management token (at least "
+            f"{MIN_TOKEN_CHARS} characters); default: a random one written at start to "
+            "management.token (mode 0600) in the run directory, whose path is logged"),
+    Setting("management_token", str, "", "the management token itself (environment or TOML "
+            "file only: on a command line it would show in `ps`); prefer "
+            "management_token_file", cli=False, secret=True),
+    Setting("management_allowed_hosts", list, [], "Host header names the management "
+            "listener answers besides loopback names and management_host (a browser page "
+            "on another name is refused: DNS rebinding)"),
+    Setting("enable_model_api", bool, False, "allow POST /models and DELETE /models/<name> "
+            "(an archive's service file is Python that runs as this server's user)"),
+    Setting("model_store", str, "", "the folder POST /models may load local archives from "
+            "(resolved path, symlinks included, must stay inside); empty: no local paths"),
     Setting("model_url_allowlist", list, [], "URL prefixes POST /models may download "
-            "archives from (e.g. https://models.example.com/); empty: local paths only"),
-    Setting("max_archive_bytes", int, 2 * 1024**3, "largest archive POST /models downloads",
-            _positive),
-    Setting("model_download_timeout_s", float, 60.0, "connect and read timeout of an archive "
-            "download", _positive),
+            "archives from, as scheme://host[:port]/path/ (exact scheme, host and port; the "
+            "path on segment boundaries); empty: no downloads"),
+    Setting("max_archive_bytes", int, 2 * 1024**3, "largest archive POST /models downloads, "
+            "and largest total an archive may expand to", _positive),
+    Setting("model_download_timeout_s", float, 60.0, "the whole of an archive download, "
+            "connection to last byte", _positive),
     Setting("unix_socket", str, "", "also serve HTTP on this unix socket (nginx's upstream, "
             "see `mxserve nginx-conf`)"),
     Setting("gpus", int, 0, "number of GPUs: one worker per GPU per model (0: CPU workers)",
@@ -100,6 +119,14 @@ SETTINGS: tuple[Setting, ...] = (
             "imported MXNet once, so they share its memory (off: each is a fresh process)"),
     Setting("frontend_workers", int, 2, "gunicorn frontend processes", _positive),
     Setting("frontend_threads", int, 32, "threads per gunicorn process (gthread)", _positive),
+    Setting("max_connections", int, 1000, "open client connections per frontend process; "
+            "one more is answered 503 and closed", _positive),
+    Setting("client_header_timeout_s", float, 10.0, "a client must send a request's line "
+            "and headers within this many seconds (else 408, closed)", _positive),
+    Setting("client_body_timeout_s", float, 10.0, "a request body may take this many "
+            "seconds, plus its length at client_min_body_rate", _positive),
+    Setting("client_min_body_rate", int, 65536, "slowest accepted body upload, bytes per "
+            "second, beyond client_body_timeout_s", _positive),
     Setting("max_batch_size", int, 32, "most requests sent to a worker in one batch (each "
             "worker may take fewer: batch_memory_mb)", _positive),
     Setting("batch_memory_mb", float, 144.0, "a worker lowers its max_batch_size so that a "
@@ -185,9 +212,18 @@ class Config:
         return self.values["image_decode"] == "worker"
 
     def to_env(self) -> dict[str, str]:
-        """The effective config as MXSERVE_* variables, for child processes."""
+        """The effective config as MXSERVE_* variables, for child processes; secrets are
+        left out (a child reads the token from management_token_file)."""
         return {BY_NAME[k].env: " ".join(v) if isinstance(v, list) else str(v)
-                for k, v in self.values.items()}
+                for k, v in self.values.items() if not BY_NAME[k].secret}
+
+
+SECRET_ENV = tuple(s.env for s in SETTINGS if s.secret)
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` minus every secret setting's variable, for a child process's environment."""
+    return {key: value for key, value in env.items() if key not in SECRET_ENV}
 
 
 def load_config(cli: Mapping[str, Any] | None = None, config_file: str | None = None,
@@ -254,9 +290,17 @@ def validate(config: Config) -> None:
     if config.management_port:
         if config.management_port == config.port:
             raise ConfigError(f"management_port and port are both {config.port}")
-        if not _is_loopback(config.management_host) and not config.management_token:
+        if not _is_loopback(config.management_host) and not config.management_auth:
             raise ConfigError(f"management_host {config.management_host!r} is not loopback: "
-                              "set management_token (clients send it as a bearer token)")
+                              "management_auth must stay on")
+    if config.management_token and len(config.management_token.strip()) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"management_token is shorter than {MIN_TOKEN_CHARS} characters")
+    if config.model_store and not os.path.isdir(config.model_store):
+        raise ConfigError(f"model_store {config.model_store!r} is not a folder")
+    try:
+        parse_allowlist(config.model_url_allowlist)
+    except InvalidInput as exc:
+        raise ConfigError(exc.message) from exc
     if config.log_rotation_time:
         from common.logs import parse_rotation
 
@@ -339,8 +383,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     are absent from the parsed namespace (argument_default=SUPPRESS on the parser)."""
     parser.add_argument("--config", help="TOML file of settings (docs/configuration.md)")
     for setting in SETTINGS:
+        if not setting.cli:
+            continue
         kwargs: dict[str, Any] = {"help": f"{setting.help} (default: {setting.default!r}; "
-                                          f"env {setting.env})", "dest": setting.name}
+                                          f"env {setting.env})".replace("%", "%%"),
+                                  "dest": setting.name}
         if setting.type is list:
             kwargs["nargs"] = "+"
         elif setting.type is bool:
@@ -361,8 +408,12 @@ def _toml_value(value: Any) -> str:
 def show(config: Config) -> str:
     """The effective configuration as a TOML file, each line saying where it came from."""
     width = max(len(s.name) for s in SETTINGS)
-    return "".join(f"{s.name.ljust(width)} = {_toml_value(config.values[s.name])}"
+    return "".join(f"{s.name.ljust(width)} = {_shown(s, config.values[s.name])}"
                    f"  # {config.sources[s.name]}\n" for s in SETTINGS)
+
+
+def _shown(setting: Setting, value: Any) -> str:
+    return '"********"' if setting.secret and value else _toml_value(value)
 
 
 def markdown_table() -> str:
@@ -371,6 +422,7 @@ def markdown_table() -> str:
             "|---|---|---|---|---|"]
     for s in SETTINGS:
         meaning = s.help.replace("|", r"\|")
-        rows.append(f"| `{s.name}` | `{s.flag}` | `{s.env}` | `{_toml_value(s.default)}` | "
+        flag = f"`{s.flag}`" if s.cli else "(none)"
+        rows.append(f"| `{s.name}` | {flag} | `{s.env}` | `{_toml_value(s.default)}` | "
                     f"{meaning} |")
     return "\n".join(rows) + "\n"

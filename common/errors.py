@@ -39,8 +39,21 @@ class Unauthorized(MXServeError):
     type = "Unauthorized"
 
 
+class Forbidden(MXServeError):
+    """Refused whoever asks: a management request from a foreign Host or Origin, or an
+    operation this server was started without."""
+
+    type = "Forbidden"
+
+
 class ModelNotFound(MXServeError):
     type = "ModelNotFound"
+
+
+class RequestTimeout(MXServeError):
+    """The client did not send its whole request in time."""
+
+    type = "RequestTimeout"
 
 
 class MethodNotAllowed(MXServeError):
@@ -112,8 +125,10 @@ class ProtocolError(MXServeError):
 HTTP_STATUS: dict[str, int] = {
     InvalidInput.type: 400,
     Unauthorized.type: 401,
+    Forbidden.type: 403,
     ModelNotFound.type: 404,
     MethodNotAllowed.type: 405,
+    RequestTimeout.type: 408,
     PayloadTooLarge.type: 413,
     UnsupportedMediaType.type: 415,
     URITooLong.type: 414,
@@ -129,9 +144,10 @@ HTTP_STATUS: dict[str, int] = {
 
 _BY_TYPE: dict[str, type[MXServeError]] = {
     cls.type: cls
-    for cls in (InvalidInput, Unauthorized, ModelNotFound, MethodNotAllowed, PayloadTooLarge,
-                UnsupportedMediaType, URITooLong, HeaderFieldsTooLarge, NotImplementedByServer,
-                ModelError, InternalServerError, ServiceUnavailable,
+    for cls in (InvalidInput, Unauthorized, Forbidden, ModelNotFound, MethodNotAllowed,
+                RequestTimeout,
+                PayloadTooLarge, UnsupportedMediaType, URITooLong, HeaderFieldsTooLarge,
+                NotImplementedByServer, ModelError, InternalServerError, ServiceUnavailable,
                 DeadlineExceeded, ArchiveError, ProtocolError)
 }
 

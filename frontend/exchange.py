@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from common import metrics
-from common.errors import MXServeError, ServiceUnavailable
+from common.errors import MXServeError, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger("frontend")
 access_log = logging.getLogger("access")
@@ -65,6 +65,8 @@ def error_answer(error: MXServeError, request_id: str | None
     headers = []
     if isinstance(error, ServiceUnavailable):
         headers.append(("Retry-After", str(error.retry_after_s)))
+    elif isinstance(error, Unauthorized):
+        headers.append(("WWW-Authenticate", 'Bearer realm="mxserve management"'))
     if error.status >= 500:
         log.warning("request %s: %s %s", request_id, error.type, error.message)
     return error.status, json_bytes(error.to_dict(request_id)), headers

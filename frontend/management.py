@@ -1,9 +1,9 @@
 """The management API: models registered, scaled and removed while serving; /metrics.
 
-Routes exist only on connections accepted by the management listener (gunicorn's worker
-records the accepting socket per connection; a Host header could be forged, the socket
-cannot) and, when `management_token` is set, only with `Authorization: Bearer <token>`,
-compared in constant time and never logged. Elsewhere they are 404.
+Every route first passes frontend/management_guard.py: it exists only on the management
+listener (404 elsewhere), answers only loopback or configured Host names and same-origin
+requests (403), and needs the bearer token (401). Registering and removing models run an
+archive's code and are off unless the server was started with --enable-model-api (403).
 
     GET    /models              every model: status, workers ready/total, devices, batch
                                 settings, queue depth, restarts
@@ -18,19 +18,16 @@ compared in constant time and never logged. Elsewhere they are 404.
                                 drain_timeout_s)
     GET    /metrics             Prometheus text, every process (common/metrics.py)
 
-The archive is downloaded (URL prefixes of `model_url_allowlist` only, with timeouts and
-`max_archive_bytes`) and extracted safely here, in the frontend process; the broker only
-reads the extracted folder, so its loop never stalls on a large unzip.
+A local `path` must resolve inside `model_store`; a `url` must pass the allow-list
+(frontend/download.py). The archive is extracted safely here, in the frontend process; the
+broker only reads the extracted folder, so its loop never stalls on a large unzip.
 """
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,14 +36,16 @@ from flask import Flask, Response, jsonify, request
 from common import metrics
 from common.archive import load_archive
 from common.config import Config
-from common.errors import (InvalidInput, ModelNotFound, MXServeError, PayloadTooLarge,
-                           ServiceUnavailable, Unauthorized)
+from common.errors import Forbidden, InvalidInput, ModelNotFound
+from common.management_token import token_of
+from common.url_allowlist import parse_allowlist
 from frontend.admission import listener
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
+from frontend.download import download
+from frontend.management_guard import allowed_host_names, check_host_and_origin, check_token
 
 MANAGE_TIMEOUT_S = 10.0
-DOWNLOAD_CHUNK = 1 << 20
 SUMMARY_KEYS = ("status", "ready", "workers", "devices", "threads_per_worker",
                 "max_batch_size", "worker_max_batch_size", "max_batch_delay_ms", "queue",
                 "restarts", "batches", "mean_batch_size", "error")
@@ -54,17 +53,22 @@ SUMMARY_KEYS = ("status", "ready", "workers", "devices", "threads_per_worker",
 
 def add_management_routes(app: Flask, config: Config, client: BrokerClient,
                           catalog: Catalog) -> None:
-    def guarded(view: Callable[..., Any]) -> Callable[..., Any]:
+    token = token_of(config) if config.management_auth else ""
+    hosts = allowed_host_names(config.management_host, config.management_allowed_hosts)
+    allowlist = parse_allowlist(config.model_url_allowlist)
+
+    def guarded(view: Callable[..., Any], changes_models: bool = False) -> Callable[..., Any]:
         def check(**kwargs: Any) -> Any:
             address = listener()
             if not (config.management_port and isinstance(address, tuple)
                     and address[1] == config.management_port):
                 raise ModelNotFound("no such route on this listener (see /api-description)")
-            if config.management_token:
-                given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-                if not hmac.compare_digest(given.encode(), config.management_token.encode()):
-                    raise Unauthorized("the management API needs the bearer token "
-                                       "(Authorization: Bearer ...)")
+            check_host_and_origin(request.environ, hosts)
+            if config.management_auth:
+                check_token(request.headers.get("Authorization", ""), token)
+            if changes_models and not config.enable_model_api:
+                raise Forbidden("registering and removing models is off on this server "
+                                "(start it with --enable-model-api)")
             return view(**kwargs)
 
         check.__name__ = view.__name__
@@ -94,20 +98,21 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     def get_model(name: str) -> Any:
         return jsonify(one(name))
 
-    @app.post("/models")
-    @guarded
     def register_model() -> Any:
         body = _json_body()
         name = body.get("name")
         if name is not None and not isinstance(name, str):
             raise InvalidInput("name must be a string")
-        with _archive_source(body, config) as source:
+        with _archive_source(body, config, allowlist) as source:
             extract_root = Path(config.run_dir or tempfile.gettempdir()) / "models"
             archive = load_archive(source, extract_root, name=name)
         client.manage("register", {"name": archive.name, "folder": str(archive.root),
                                    **_settings(body)}, MANAGE_TIMEOUT_S)
         catalog.fetch()  # this process routes the new model at once; others within 2 s
         return jsonify(one(archive.name)), 201
+
+    app.add_url_rule("/models", "register_model", guarded(register_model, True),
+                     methods=["POST"])
 
     @app.put("/models/<name>")
     @guarded
@@ -118,8 +123,6 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         client.manage("scale", {"name": name, **settings}, MANAGE_TIMEOUT_S)
         return jsonify(one(name))
 
-    @app.delete("/models/<name>")
-    @guarded
     def delete_model(name: str) -> Any:
         client.manage("unregister", {"name": name}, MANAGE_TIMEOUT_S)
         deadline = time.monotonic() + config.drain_timeout_s
@@ -129,6 +132,9 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
                 return jsonify(name=name, status="removed")
             time.sleep(0.1)
         return jsonify(name=name, status="removing"), 202
+
+    app.add_url_rule("/models/<name>", "delete_model", guarded(delete_model, True),
+                     methods=["DELETE"])
 
 
 def summary(name: str, model: dict[str, Any]) -> dict[str, Any]:
@@ -154,49 +160,40 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _archive_source(body: dict[str, Any], config: Config) -> Iterator[str]:
-    """A local path as given, or a download from an allow-listed URL into a temporary
-    file that is removed afterwards."""
+def _archive_source(body: dict[str, Any], config: Config,
+                    allowlist: Any) -> Iterator[str]:
+    """A local archive inside the model store, or a download from an allow-listed URL
+    into a temporary file that is removed afterwards."""
     path, url = body.get("path"), body.get("url")
     if bool(path) == bool(url):
-        raise InvalidInput("send exactly one of path (on this host) and url")
+        raise InvalidInput("send exactly one of path (in the model store) and url")
     if path:
-        if not isinstance(path, str) or not os.path.exists(path):
-            raise InvalidInput(f"no archive at {path!r} on the server")
-        yield path
+        yield _in_model_store(path, config.model_store)
         return
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise InvalidInput("url must be http(s)")
-    if not any(url.startswith(prefix) for prefix in config.model_url_allowlist):
-        raise InvalidInput("url is not under a prefix of model_url_allowlist")
-    downloaded = _download(url, config.max_archive_bytes, config.model_download_timeout_s)
+    if not allowlist:
+        raise InvalidInput("downloads are off on this server (no model_url_allowlist)")
+    downloaded = download(url, allowlist, config.max_archive_bytes,
+                          config.model_download_timeout_s)
     try:
         yield downloaded
     finally:
         os.unlink(downloaded)
 
 
-def _download(url: str, cap: int, timeout_s: float) -> str:
-    try:
-        response = urllib.request.urlopen(url, timeout=timeout_s)  # noqa: S310 (allow-listed)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise InvalidInput(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from exc
-    handle, path = tempfile.mkstemp(suffix=".model")
-    try:
-        with response, os.fdopen(handle, "wb") as out:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > cap:
-                raise PayloadTooLarge(f"the archive is {declared} bytes; the limit is {cap}")
-            total = 0
-            while chunk := response.read(DOWNLOAD_CHUNK):
-                total += len(chunk)
-                if total > cap:
-                    raise PayloadTooLarge(f"the archive is over {cap} bytes")
-                out.write(chunk)
-    except MXServeError:
-        os.unlink(path)
-        raise
-    except OSError as exc:
-        os.unlink(path)
-        raise ServiceUnavailable(f"download of {url} failed: {exc}") from exc
-    return path
+def _in_model_store(path: Any, store: str) -> str:
+    """`path` (absolute, or relative to the store) resolved, symlinks included, and
+    refused unless it stays inside the store. Messages never say whether a file outside
+    the store exists."""
+    if not store:
+        raise InvalidInput("local paths are off on this server (no model_store); send a "
+                           "url, or start it with --model-store DIR")
+    if not isinstance(path, str) or "\0" in path or len(path) > 4096:
+        raise InvalidInput("path must be a file name in the model store")
+    root = os.path.realpath(store)
+    resolved = os.path.realpath(os.path.join(root, path))
+    if os.path.commonpath([root, resolved]) != root or resolved == root:
+        raise InvalidInput("path must be inside the model store")
+    if not os.path.exists(resolved):
+        raise InvalidInput(f"no archive {os.path.relpath(resolved, root)!r} in the model "
+                           "store")
+    return resolved

@@ -7,20 +7,38 @@
 #
 # Settings go to both programs as MXSERVE_* variables (docs/configuration.md): --port 8080
 # becomes MXSERVE_PORT=8080. The run directory ($MXSERVE_RUN_DIR, default
-# /tmp/mxserve-cluster) holds ipc sockets, extracted archives, supervisord's socket and the
-# logs; the settings of the last `start` are kept there for `restart`.
+# $XDG_RUNTIME_DIR/mxserve-cluster, else /tmp/mxserve-cluster-<uid>) holds ipc sockets,
+# extracted archives, supervisord's socket, the logs and the management token
+# (management.token, mode 0600); the settings of the last `start` are kept there for
+# `restart`, never a secret. It must be ours, mode 0700 and not a symlink, or nothing runs.
 # `start` waits until /ping answers 200 (exit 0) or a program exits (exit 1; bad config and
 # "no model can load" are not restart-looped), bounded by --wait seconds (default 300).
 set -euo pipefail
 home="$(cd "$(dirname "$0")/.." && pwd)"
 python="${MXSERVE_PYTHON:-$home/.venv/bin/python}"
-run_dir="${MXSERVE_RUN_DIR:-/tmp/mxserve-cluster}"
+run_dir="${MXSERVE_RUN_DIR:-${XDG_RUNTIME_DIR:-/tmp}/mxserve-cluster-$(id -u)}"
 supervisord="$(dirname "$python")/supervisord"
 supervisorctl="$(dirname "$python")/supervisorctl"
 export MXSERVE_HOME="$home" MXSERVE_PYTHON="$python" MXSERVE_RUN_DIR="$run_dir"
 export MXSERVE_STOP_WAIT_S="${MXSERVE_STOP_WAIT_S:-35}"  # start sets it from drain_timeout_s
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+private_run_dir() {  # made 0700, or refused: another user could have made it first
+  mkdir -m 700 "$run_dir" 2>/dev/null || true
+  if [ -L "$run_dir" ] || [ ! -d "$run_dir" ] || [ ! -O "$run_dir" ] \
+      || [ "$(stat -c %a "$run_dir")" != 700 ]; then
+    echo "start_cluster.sh: $run_dir must be a folder of ours with mode 700 (not a symlink)" >&2
+    exit 2
+  fi
+}
+
+keep_token_out_of_the_environment() {  # children read the token from a 0600 file instead
+  if [ -n "${MXSERVE_MANAGEMENT_TOKEN:-}" ]; then
+    (umask 077; printf '%s\n' "$MXSERVE_MANAGEMENT_TOKEN" > "$run_dir/management.token")
+    unset MXSERVE_MANAGEMENT_TOKEN
+  fi
+}
 ctl() { "$supervisorctl" -c "$home/supervisord.conf" "$@"; }
 running() { [ -S "$run_dir/supervisor.sock" ] && ctl pid >/dev/null 2>&1; }
 
@@ -30,6 +48,9 @@ save_settings() {  # --flag value ... -> export MXSERVE_FLAG=value lines in sett
   while [ $# -gt 0 ]; do
     case "$1" in
       --wait) printf 'wait_s=%q\n' "$2" >> "$run_dir/settings.env.new"; shift 2; continue ;;
+      --management-token|--management-token=*)
+        echo "start_cluster.sh: a token on the command line shows in ps; use" \
+             "--management-token-file FILE (or MXSERVE_MANAGEMENT_TOKEN)" >&2; exit 2 ;;
       --*) key="MXSERVE_$(echo "${1#--}" | tr 'a-z-' 'A-Z_')"; shift ;;
       *) echo "start_cluster.sh: unexpected argument $1" >&2; exit 2 ;;
     esac
@@ -44,6 +65,7 @@ start() {
   local wait_s=300
   # shellcheck disable=SC1091
   . "$run_dir/settings.env"
+  keep_token_out_of_the_environment
   # Refuse a bad configuration here, with its message, before supervisord starts anything.
   "$python" -m common.cli config --show > "$run_dir/effective-config.toml"
   local drain port
@@ -86,7 +108,7 @@ stop() {
 
 [ $# -ge 1 ] || usage
 command="$1"; shift
-mkdir -p "$run_dir"; chmod 700 "$run_dir"
+private_run_dir
 case "$command" in
   start)
     running && { echo "mxserve cluster already running (scripts/start_cluster.sh status)" >&2; exit 1; }

@@ -3,6 +3,7 @@ loopback port, and finds every process it started, for the integration tests."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,14 +55,27 @@ def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
 
 class Server:
     def __init__(self, models: list[str], *extra: str, frontend_workers: int = 2,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, token_file: bool = True) -> None:
+        """`token_file=False`: no --management-token-file, so the server generates its
+        token as a default start does."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
         if "--management-port" not in extra:  # two servers at once must not share 8081
             self.management_port = free_port()
             extra = (*extra, "--management-port", str(self.management_port))
+        self.admin = f"http://127.0.0.1:{getattr(self, 'management_port', 0)}"
+        self.admin_headers: dict[str, str] = {}
+        if token_file and "--management-token-file" not in extra and (
+                "--no-management-auth" not in extra):
+            token = secrets.token_urlsafe(24)
+            token_file = tmp / f"mxserve-test-{self.port}.token"
+            token_file.write_text(token)
+            token_file.chmod(0o600)
+            extra = (*extra, "--management-token-file", str(token_file))
+            self.admin_headers = {"Authorization": f"Bearer {token}"}
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mxserve-test-{self.port}.log"
+        self.log_path = tmp / f"mxserve-test-{self.port}.log"
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "common.cli", "start", "--models", *models,

@@ -36,11 +36,12 @@ import zmq
 
 from common import metrics
 from common.archive import ModelArchive, load_archive
-from common.config import (Config, batching_for, broker_endpoints, load_config,
+from common.config import (SECRET_ENV, Config, batching_for, broker_endpoints, load_config,
                            parse_model_spec, service_for)
 from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
                            InvalidInput, ModelNotFound, MXServeError, ServiceUnavailable)
 from common.logs import setup_logging
+from common.private_files import private_dir
 from common.protocol import Item, Kind, Message, from_frames, to_frames
 from common.transport import NOBLOCK, has_message, recv_frames, send_frames
 from worker.pool import WorkerPool, plan_workers
@@ -707,7 +708,13 @@ def main() -> int:
     if not config.run_dir:
         log.error("MXSERVE_RUN_DIR must be set (mxserve start sets it)")
         return EXIT_BAD_CONFIG
-    run_dir = Path(config.run_dir)
+    for secret in SECRET_ENV:  # the workers, which run archives' code, inherit os.environ
+        os.environ.pop(secret, None)
+    try:
+        run_dir = private_dir(config.run_dir)
+    except MXServeError as exc:
+        log.error("%s", exc.message)
+        return EXIT_BAD_CONFIG
     try:
         broker = Broker(config, *broker_endpoints(config, run_dir), run_dir)
     except (MXServeError, zmq.ZMQError) as exc:

@@ -31,16 +31,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common.config import Config, ConfigError, add_arguments, broker_endpoints, load_config
-from common.errors import EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK
+from common import management_token
+from common.config import (Config, ConfigError, add_arguments, broker_endpoints, load_config,
+                           without_secrets)
+from common.errors import EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
 from common.logs import LogRotator, setup_logging
+from common.private_files import new_run_dir, private_dir
 from worker.pool import spawn
 
 log = logging.getLogger("mxserve")
@@ -75,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mxserve start: error: {exc.message}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     setup_logging(config.log_level, config.log_file, "mxserve")
-    return Launcher(config).run()
+    try:
+        launcher = Launcher(config)
+    except MXServeError as exc:
+        print(f"mxserve start: error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return launcher.run()
 
 
 WORKER_CLASS = "frontend.gunicorn_worker.ModelServerThreadWorker"
@@ -114,6 +121,8 @@ def gunicorn_argv(c: Config) -> list[str]:
     """The gunicorn command line for a configuration (its run_dir must be set)."""
     return [sys.executable, "-m", "gunicorn", "--worker-class", WORKER_CLASS,
             "--workers", str(c.frontend_workers), "--threads", str(c.frontend_threads),
+            # one over our own cap, so gthread keeps accepting and we refuse with a 503
+            "--worker-connections", str(c.max_connections + 1),
             *[arg for bind in binds(c) for arg in ("--bind", bind)],
             "--timeout", str(int(c.gunicorn_timeout_s)),
             "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
@@ -146,12 +155,15 @@ def frontend_main(argv: list[str] | None = None) -> int:
         config = load_config(args, config_file)
         if not config.run_dir:
             raise ConfigError("run_dir must be set (the broker's run directory)")
-    except ConfigError as exc:
+        run_dir = private_dir(config.run_dir)
+        setup_logging(config.log_level, config.log_file, "mxserve")
+        config = management_token.resolve(config, run_dir)
+    except MXServeError as exc:
         print(f"mxserve frontend: error: {exc.message}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    frontend, workers = broker_endpoints(config, Path(config.run_dir))
+    frontend, workers = broker_endpoints(config, run_dir)
     config = config.replace(broker_frontend=frontend, broker_workers=workers)
-    env = {**os.environ, **config.to_env()}
+    env = {**without_secrets(os.environ), **config.to_env()}
     env.pop("MXSERVE_CONFIG", None)
     argv_ = gunicorn_argv(config)
     os.execve(argv_[0], argv_, frontend_env(env))  # supervisord then signals gunicorn itself
@@ -218,9 +230,15 @@ class Launcher:
         runs as `python -m gunicorn 'frontend.app:create_app()'`."""
         self.app = app
         self.owns_run_dir = not config.run_dir
-        run_dir = config.run_dir or tempfile.mkdtemp(prefix="mxserve-")
-        frontend, workers = broker_endpoints(config, Path(run_dir))
-        self.config = config.replace(run_dir=run_dir, broker_frontend=frontend,
+        run_dir = private_dir(config.run_dir) if config.run_dir else new_run_dir()
+        try:
+            config = management_token.resolve(config, run_dir)
+        except MXServeError:
+            if self.owns_run_dir:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        frontend, workers = broker_endpoints(config, run_dir)
+        self.config = config.replace(run_dir=str(run_dir), broker_frontend=frontend,
                                      broker_workers=workers)
         self.stop_requested = False
         self.rotator = (LogRotator(config.log_file, config.log_rotation_time)
@@ -238,7 +256,7 @@ class Launcher:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        env = {**os.environ, **self.config.to_env(),
+        env = {**without_secrets(os.environ), **self.config.to_env(),
                "PROMETHEUS_MULTIPROC_DIR": metrics_dir(self.config.run_dir)}
         env.pop("MXSERVE_CONFIG", None)  # children get the merged result, not the file again
         self.child_env = env
@@ -263,6 +281,7 @@ class Launcher:
                 "worker_class": WORKER_CLASS,
                 "workers": c.frontend_workers,
                 "threads": c.frontend_threads, "timeout": int(c.gunicorn_timeout_s),
+                "worker_connections": c.max_connections + 1,
                 "graceful_timeout": int(c.drain_timeout_s), "keepalive": 5,
                 "errorlog": c.log_file or "-", "loglevel": c.log_level.lower(),
                 "control_socket": os.path.join(c.run_dir, "gunicorn.ctl")}
@@ -290,7 +309,8 @@ class Launcher:
             if status == 200:
                 names = ", ".join(self._model_names())
                 log.info("serving %s on %s", names, self.url)
-                print(f"mxserve listening on {self.url} (models: {names})", flush=True)
+                print(f"mxserve listening on {self.url} (models: {names}){self._management()}",
+                      flush=True)
                 return None
             statuses = body.get("models", {}) if isinstance(body, dict) else {}
             if statuses and "loading" not in statuses.values():
@@ -299,14 +319,23 @@ class Launcher:
                     log.error("no model could be loaded: %s", failed)
                     return EXIT_MODEL_LOAD
                 log.error("model(s) %s failed to load; serving the others", failed)
-                print(f"mxserve listening on {self.url} (failed to load: {', '.join(failed)})",
-                      flush=True)
+                print(f"mxserve listening on {self.url} (failed to load: {', '.join(failed)})"
+                      f"{self._management()}", flush=True)
                 return None
             if time.monotonic() > deadline:
                 log.error("models not ready after %.0fs: %s", startup_timeout_s, body)
                 return EXIT_MODEL_LOAD
             time.sleep(0.2)
         return EXIT_OK
+
+    def _management(self) -> str:
+        """Where the management API is and where its token is, for the start-up line."""
+        c = self.config
+        if not c.management_port:
+            return ""
+        url = f"http://{address(c.management_host, c.management_port)}"
+        token = f", token in {c.management_token_file}" if c.management_auth else ""
+        return f"; management API on {url}{token}"
 
     def _model_names(self) -> list[str]:
         status, body = self._get("/api-description")

@@ -25,16 +25,22 @@ def managed(sample_models, tmp_path_factory):
     (served / "allowed").mkdir()
     shutil.copy(sample_models["noop"], served / "allowed" / "noop.model")
     shutil.copy(sample_models["noop"], served / "elsewhere.model")
+    store = tmp_path_factory.mktemp("store")
+    shutil.copy(sample_models["noop"], store / "noop.model")
+    (store / "broken.model").write_bytes(b"not a zip")
     files = http.server.ThreadingHTTPServer(
         ("127.0.0.1", free_port()),
         functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served)))
     threading.Thread(target=files.serve_forever, daemon=True).start()
     files_url = f"http://127.0.0.1:{files.server_address[1]}"
     server = Server([f"digits={sample_models['digits']}"],
-                    "--model-url-allowlist", f"{files_url}/allowed/",
+                    "--model-url-allowlist", f"{files_url}/allowed/", "--enable-model-api",
+                    "--model-store", str(store),
                     "--services", f"slow={DATA / 'services' / 'faulty.py'}")
     server.files_url = files_url
-    server.admin = f"http://127.0.0.1:{server.management_port}"
+    server.store = store
+    server.api = requests.Session()
+    server.api.headers.update(server.admin_headers)
     try:
         yield server.wait_ready()
     finally:
@@ -54,7 +60,7 @@ def wait_for(check, timeout_s=60.0, what="condition"):
 
 
 def model(managed, name):
-    response = requests.get(f"{managed.admin}/models/{name}", timeout=10)
+    response = managed.api.get(f"{managed.admin}/models/{name}", timeout=10)
     return response.json() if response.status_code == 200 else None
 
 
@@ -72,15 +78,15 @@ def noop(managed, name, row=(1.0, 2.0, 3.0, 4.0)):
 def test_management_routes_exist_only_on_the_management_listener(managed):
     for path in ("/models", "/models/digits", "/metrics"):
         assert_error(requests.get(managed.url + path, timeout=10), 404, "ModelNotFound")
-    listing = requests.get(f"{managed.admin}/models", timeout=10).json()["models"]
+    listing = managed.api.get(f"{managed.admin}/models", timeout=10).json()["models"]
     assert listing["digits"]["status"] == "ready" and listing["digits"]["ready"] == 1
     assert listing["digits"]["workers"] == 1 and listing["digits"]["devices"] == ["cpu"]
     assert {"max_batch_size", "max_batch_delay_ms", "queue"} <= set(listing["digits"])
 
 
 def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_models):
-    created = requests.post(f"{managed.admin}/models", json={
-        "path": str(sample_models["noop"]), "name": "noop2", "workers": 1,
+    created = managed.api.post(f"{managed.admin}/models", json={
+        "path": str(managed.store / "noop.model"), "name": "noop2", "workers": 1,
         "max_batch_size": 4}, timeout=60)
     assert created.status_code == 201, created.text
     assert created.json()["name"] == "noop2" and created.json()["max_batch_size"] == 4
@@ -92,18 +98,18 @@ def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_mod
             "description"]["paths"]
         assert "/noop2/predict" in paths
 
-    scaled = requests.put(f"{managed.admin}/models/noop2", json={"workers": 2}, timeout=30)
+    scaled = managed.api.put(f"{managed.admin}/models/noop2", json={"workers": 2}, timeout=30)
     assert scaled.status_code == 200 and scaled.json()["workers"] == 2
     wait_for(lambda: model(managed, "noop2")["ready"] == 2, what="second worker")
     assert len(workers_of(managed, "noop2")) == 2
-    down = requests.put(f"{managed.admin}/models/noop2", json={"workers": 1,
+    down = managed.api.put(f"{managed.admin}/models/noop2", json={"workers": 1,
                                                                  "max_batch_delay_ms": 2},
                         timeout=30)
     assert down.json()["workers"] == 1 and down.json()["max_batch_delay_ms"] == 2
     wait_for(lambda: len(workers_of(managed, "noop2")) == 1, what="scale-down")
     assert all(noop(managed, "noop2").status_code == 200 for _ in range(5))
 
-    removed = requests.delete(f"{managed.admin}/models/noop2", timeout=60)
+    removed = managed.api.delete(f"{managed.admin}/models/noop2", timeout=60)
     assert removed.status_code == 200 and removed.json()["status"] == "removed"
     assert_error(noop(managed, "noop2"), 404, "ModelNotFound")
     wait_for(lambda: not workers_of(managed, "noop2"), what="workers stopped")
@@ -112,15 +118,15 @@ def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_mod
 
 
 def test_delete_lets_queued_requests_finish(managed, sample_models):
-    created = requests.post(f"{managed.admin}/models", json={
-        "path": str(sample_models["noop"]), "name": "slow", "max_batch_size": 1}, timeout=60)
+    created = managed.api.post(f"{managed.admin}/models", json={
+        "path": "noop.model", "name": "slow", "max_batch_size": 1}, timeout=60)
     assert created.status_code == 201, created.text
     wait_for(lambda: (model(managed, "slow") or {}).get("status") == "ready", what="ready")
     with ThreadPoolExecutor(4) as pool:
         queued = [pool.submit(noop, managed, "slow", (0.7, i, 0, 0)) for i in range(3)]
         time.sleep(0.3)
         started = time.monotonic()
-        removed = requests.delete(f"{managed.admin}/models/slow", timeout=60)
+        removed = managed.api.delete(f"{managed.admin}/models/slow", timeout=60)
         took = time.monotonic() - started
         assert [f.result().status_code for f in queued] == [200, 200, 200]
     assert removed.status_code == 200 and took > 1.0  # it waited for the queue
@@ -128,27 +134,25 @@ def test_delete_lets_queued_requests_finish(managed, sample_models):
 
 
 def test_register_from_an_allow_listed_url_only(managed):
-    refused = requests.post(f"{managed.admin}/models", json={
+    refused = managed.api.post(f"{managed.admin}/models", json={
         "url": f"{managed.files_url}/elsewhere.model", "name": "x"}, timeout=30)
     assert_error(refused, 400, "InvalidInput", "model_url_allowlist")
-    created = requests.post(f"{managed.admin}/models", json={
+    created = managed.api.post(f"{managed.admin}/models", json={
         "url": f"{managed.files_url}/allowed/noop.model", "name": "fromurl"}, timeout=60)
     assert created.status_code == 201, created.text
     wait_for(lambda: (model(managed, "fromurl") or {}).get("status") == "ready", what="ready")
     assert noop(managed, "fromurl").status_code == 200
-    assert requests.delete(f"{managed.admin}/models/fromurl", timeout=60).status_code == 200
+    assert managed.api.delete(f"{managed.admin}/models/fromurl", timeout=60).status_code == 200
 
 
-def test_bad_registrations_are_clear_errors(managed, tmp_path):
-    broken = tmp_path / "broken.model"
-    broken.write_bytes(b"not a zip")
-    assert_error(requests.post(f"{managed.admin}/models", json={"path": str(broken)},
+def test_bad_registrations_are_clear_errors(managed):
+    assert_error(managed.api.post(f"{managed.admin}/models", json={"path": "broken.model"},
                                timeout=30), 400, "ArchiveError", "not a valid zip")
-    assert_error(requests.post(f"{managed.admin}/models", json={
-        "path": "/nonexistent.model"}, timeout=30), 400, "InvalidInput", "no archive")
-    assert_error(requests.post(f"{managed.admin}/models", data="x", timeout=30), 400,
+    assert_error(managed.api.post(f"{managed.admin}/models", json={
+        "path": "nonexistent.model"}, timeout=30), 400, "InvalidInput", "no archive")
+    assert_error(managed.api.post(f"{managed.admin}/models", data="x", timeout=30), 400,
                  "InvalidInput", "JSON object")
-    assert_error(requests.put(f"{managed.admin}/models/digits", json={"workers": 0},
+    assert_error(managed.api.put(f"{managed.admin}/models/digits", json={"workers": 0},
                               timeout=30), 400, "InvalidInput", "workers")
-    assert_error(requests.delete(f"{managed.admin}/models/nope", timeout=30), 404,
+    assert_error(managed.api.delete(f"{managed.admin}/models/nope", timeout=30), 404,
                  "ModelNotFound")

@@ -227,7 +227,8 @@ def test_metrics_on_the_management_listener_add_up_across_processes(server, refe
     for _ in range(4):  # over several connections: both frontend processes answer some
         assert predict(server, "mms04_digits", files={"data": image}).status_code == 200
     assert predict(server, "digits_mlp", data={"data": "[[1]]"}).status_code == 400
-    response = requests.get(f"http://127.0.0.1:{server.management_port}/metrics", timeout=10)
+    response = requests.get(f"{server.admin}/metrics", headers=server.admin_headers,
+                            timeout=10)
     assert response.status_code == 200 and response.headers["Content-Type"].startswith(
         "text/plain")
     samples = {}
