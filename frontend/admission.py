@@ -12,11 +12,24 @@ no wait and no listener are known.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
-# The Flask app's config key through which the gunicorn worker learns
-# frontend_queue_timeout_s (its WSGI wrapper sheds late requests before Flask).
+# The Flask app's config keys through which the gunicorn worker learns
+# frontend_queue_timeout_s (its WSGI wrapper sheds late requests before Flask) and how
+# long and how many client connections may take.
 QUEUE_TIMEOUT_KEY = "MXSERVE_FRONTEND_QUEUE_TIMEOUT_S"
+CLIENT_LIMITS_KEY = "MXSERVE_CLIENT_LIMITS"
+
+
+class ClientLimits(NamedTuple):
+    """What the gunicorn worker allows a client connection (settings of the same names);
+    the defaults are the settings' defaults."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    min_body_rate: int = 65536
+    max_connections: int = 1000
+    max_body_bytes: int = 6553600
 
 _current = threading.local()
 

@@ -25,7 +25,7 @@ from common.import_pages import settle_before_forking
 from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
                            MXServeError, PayloadTooLarge, UnsupportedMediaType)
 from common.logs import setup_logging
-from frontend.admission import QUEUE_TIMEOUT_KEY, waited_s
+from frontend.admission import CLIENT_LIMITS_KEY, QUEUE_TIMEOUT_KEY, ClientLimits, waited_s
 from frontend.broker_client import BrokerClient
 from frontend.catalog import Catalog
 from frontend.decode import Limits
@@ -65,6 +65,9 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     app.config["MAX_FORM_PARTS"] = config.max_form_parts
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_body_bytes
     app.config[QUEUE_TIMEOUT_KEY] = config.frontend_queue_timeout_s
+    app.config[CLIENT_LIMITS_KEY] = ClientLimits(
+        config.client_header_timeout_s, config.client_body_timeout_s,
+        config.client_min_body_rate, config.max_connections, config.max_body_bytes)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     client = BrokerClient(config.broker_frontend)
     catalog = Catalog(client)

@@ -1,39 +1,41 @@
-"""gunicorn's gthread worker with two changes a model server needs.
+"""gunicorn's gthread worker with the changes a model server facing real clients needs.
 
     gunicorn --worker-class frontend.gunicorn_worker.ModelServerThreadWorker ...
 
-1. Health checks never wait behind predictions. gthread hands every request to one thread
-   pool; with all its threads waiting on queued predictions, a load balancer's GET /ping
-   would wait behind them and the instance would be marked dead exactly when it is busy.
-   Requests whose first bytes are `GET /ping` or `GET / ` go to a small pool of their own
-   (the bytes are peeked, not read). A new connection whose request has not arrived yet
-   waits on the poller, holding no thread, until it has (gthread would otherwise give it a
-   thread that blocks waiting for the first byte, which is also what slow clients exploit).
-2. gunicorn's own refusals are JSON. Requests it cannot parse (a request line over
+1. A thread gets a connection only once its whole request has arrived. gthread hands a
+   connection to a thread at its first byte, and the thread then reads headers and body
+   blocking, with no timeout: two clients that send half a request and stall take both
+   health threads, and a few dozen take every prediction thread. Here the main thread
+   reads every request on its poller (frontend/request_reader.py says when it is
+   complete) within `client_header_timeout_s` for the headers and
+   `client_body_timeout_s` plus the body's length at `client_min_body_rate` for the body;
+   a client that misses its deadline gets 408 and is closed. `Expect: 100-continue` is
+   answered here, since the body is read here.
+2. Health checks never wait behind predictions. Complete requests whose first bytes are
+   `GET /ping` or `GET / ` go to a small pool of their own, so a load balancer's check is
+   not queued behind busy prediction threads.
+3. A bounded number of connections. Past `max_connections` per process a new connection
+   is answered 503 + Retry-After and closed, instead of waiting unseen in the backlog.
+4. gunicorn's own refusals are JSON. Requests it cannot parse (a request line over
    limit_request_line: 414, headers over limit_request_fields / limit_request_field_size:
    431, malformed request lines, headers or chunks: 400, an unknown transfer coding: 501)
    never reach Flask; gunicorn answers with an HTML page through
    `gunicorn.util.write_error`, which is replaced here (in gunicorn processes only: nothing
-   else imports this module) by the DESIGN §4 JSON body with gunicorn's status and message.
-3. Waiting for a thread counts. gthread queues readable connections for its threads
-   without limit, and the request's deadline used to start only when a thread took it:
-   under overload requests waited there far past their deadline while the broker's
-   bounded queue, the designed back-pressure, never filled (measured: 1,000 connections
-   on resnet18 all answered 200, the last after 64 s). Each request is now timed from the
-   moment it is queued for a thread; a predict request that waited longer than
-   `frontend_queue_timeout_s` is answered 503 + Retry-After right here, before Flask (a
-   shed request must cost next to nothing, or shedding a burst starves the health lane
-   of the GIL: /ping p99 went from 31 to 225 ms when Flask answered them), and the app
-   takes the wait off the others' deadlines (frontend/admission.py). A first version shed by backlog
-   length (2 x threads) instead: at 256 keep-alive connections on digits it shed 96 % of
-   requests that would have been served within a second, and the fast 503s, re-sent at
-   once, took the CPU: served throughput fell from 290/s to 41/s (scripts/soak.py).
+   else imports this module) by our JSON error body with gunicorn's status and message.
+5. Waiting for a thread counts. gthread queues complete requests for its threads without
+   limit. Each request is timed from the moment it is queued; a predict request that
+   waited longer than `frontend_queue_timeout_s` is answered 503 + Retry-After right here,
+   before Flask (a shed request must cost next to nothing, or shedding a burst starves the
+   health lane of the GIL), and the app takes the wait off the request's deadline
+   (frontend/admission.py). Shedding by time, not by backlog length: a backlog of slow
+   but servable requests is not overload.
 
-Built on gthread's internals of gunicorn 27 (enqueue_req, pending_conns); setup.py pins
-the major version.
+Built on gthread's internals of gunicorn 27 (enqueue_req, accept, murder_pending,
+TConn.parser); setup.py pins the major version.
 """
 from __future__ import annotations
 
+import errno
 import json
 import selectors
 import socket
@@ -43,87 +45,180 @@ from concurrent import futures
 from functools import partial
 from typing import Any
 
-from gunicorn import util
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn import http, util
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from common import metrics
-from frontend import admission
 from common.errors import (HeaderFieldsTooLarge, InternalServerError, InvalidInput,
-                           NotImplementedByServer, ServiceUnavailable, URITooLong)
+                           NotImplementedByServer, RequestTimeout, ServiceUnavailable,
+                           URITooLong)
+from frontend import admission
+from frontend.request_reader import CONTINUE, progress, without_expect
 
 HEALTH_THREADS = 2
 SWITCH_INTERVAL_S = 0.002
 HEALTH_REQUESTS = (b"GET /ping ", b"GET /ping?", b"GET / ", b"HEAD /ping ", b"HEAD / ")
-PEEK_BYTES = max(len(prefix) for prefix in HEALTH_REQUESTS)
+RECV_BYTES = 256 * 1024
 
-TYPE_BY_STATUS = {400: InvalidInput.type, 414: URITooLong.type,
-                  431: HeaderFieldsTooLarge.type, 501: NotImplementedByServer.type}
+TYPE_BY_STATUS = {400: InvalidInput.type, 408: RequestTimeout.type, 414: URITooLong.type,
+                  431: HeaderFieldsTooLarge.type, 501: NotImplementedByServer.type,
+                  503: ServiceUnavailable.type}
 
 
-def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+def json_error(status_int: int, reason: str, mesg: str, extra: str = "") -> bytes:
     error_type = TYPE_BY_STATUS.get(status_int) or (
         InvalidInput.type if status_int < 500 else InternalServerError.type)
     metrics.ERRORS.labels(error_type).inc()
     body = json.dumps({"code": status_int, "type": error_type,
                        "message": mesg or reason, "request_id": ""}).encode()
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    util.write_nonblock(sock, head.encode("latin-1") + body)
+    return head.encode("latin-1") + body
+
+
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    util.write_nonblock(sock, json_error(status_int, reason, mesg))
 
 
 util.write_error = write_json_error
 
+TOO_LATE = json_error(408, "Request Timeout", "the request did not arrive in time "
+                      "(client_header_timeout_s, client_body_timeout_s)")
+TOO_MANY = json_error(503, "Service Unavailable", "too many open connections to this "
+                      "frontend (max_connections); retry", "Retry-After: 1\r\n")
+
 
 class ModelServerThreadWorker(ThreadWorker):
-    """gthread with a health-check lane, JSON refusals and timed waits for a thread (see the
-    module docstring)."""
+    """gthread that hands only complete requests to its threads, with a health-check lane,
+    a connection cap, JSON refusals and timed waits for a thread (module docstring)."""
 
     def init_process(self) -> None:
         # The accepting thread releases the GIL at every syscall and must win it back from
-        # up to `threads` busy request threads; at the default 5 ms switch interval a burst
-        # of 1,000 requests held a health check's accept back ~0.6 s (GIL convoy). 1 ms
-        # fixed that but cost ~12 % of noop throughput; 2 ms keeps /ping p99 at 38-60 ms in
-        # the 1,000-connection test (measured, docs/architecture.md).
+        # up to `threads` busy request threads: a short switch interval keeps health checks
+        # prompt during bursts without costing the request threads much.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS,
                                                       thread_name_prefix="health")
+        self.limits = admission.ClientLimits()
+        self.max_header_bytes = (self.cfg.limit_request_line + 4 + self.cfg.limit_request_fields
+                                 * (self.cfg.limit_request_field_size + 2))
+        self.reading: dict[Any, None] = {}  # connections whose request is still arriving
         super().init_process()
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        app_config = getattr(self.wsgi, "config", {})
+        self.limits = app_config.get(admission.CLIENT_LIMITS_KEY, self.limits)
+        timeout_s = app_config.get(admission.QUEUE_TIMEOUT_KEY)
+        if timeout_s is not None:  # our app (create_app) says how long is too long
+            self.wsgi = ShedLateRequests(self.wsgi, timeout_s)
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                return
+            raise
+        if self.nr_conns >= self.limits.max_connections:
+            _send_and_close(client, TOO_MANY)
+            return
+        self.nr_conns += 1
+        self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+
     def enqueue_req(self, conn: Any) -> None:  # called on the main thread only
-        first = _peek(conn.sock)
-        if not first and not conn.initialized and not conn.data_ready:
-            self._wait_for_first_bytes(conn)
-        elif first.startswith(HEALTH_REQUESTS):
-            conn.queued_at = time.monotonic()
+        """Read the connection's next request on the poller; a thread gets it once it has
+        all arrived (requests pipelined behind the last one included)."""
+        buffered = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+        conn.inbox = bytearray(buffered)
+        conn.answered_continue = False
+        conn.headers_at = 0.0
+        conn.read_deadline = time.monotonic() + self.limits.header_timeout_s
+        conn.sock.setblocking(False)
+        if not self._arrived(conn):
+            self.reading[conn] = None
+            self.poller.register(conn.sock, selectors.EVENT_READ,
+                                 partial(self.on_request_bytes, conn))
+
+    def on_request_bytes(self, conn: Any, _sock: Any) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._drop(conn)
+            return
+        conn.inbox += data
+        self._arrived(conn)
+
+    def _arrived(self, conn: Any) -> bool:
+        """Dispatch the connection if its request is complete; else move its deadline."""
+        state = progress(conn.inbox, self.max_header_bytes, self.limits.max_body_bytes)
+        if not state.complete:
+            if state.headers_done:
+                if not conn.headers_at:
+                    conn.headers_at = time.monotonic()
+                conn.read_deadline = (conn.headers_at + self.limits.body_timeout_s
+                                      + state.body_length / self.limits.min_body_rate)
+                if state.expects_continue and not conn.answered_continue:
+                    conn.answered_continue = True
+                    _send(conn.sock, CONTINUE)
+            return False
+        request = without_expect(conn.inbox) if conn.answered_continue else bytes(conn.inbox)
+        conn.inbox = None
+        if self.reading.pop(conn, 0) is None:
+            self.poller.unregister(conn.sock)
+        if conn.parser is None:
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(request)
+        conn.data_ready = True  # gthread's handle() must not wait for more bytes
+        conn.queued_at = time.monotonic()
+        if request.startswith(HEALTH_REQUESTS):
             done = self.health_pool.submit(self.handle, conn)
             done.add_done_callback(
                 lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
         else:
-            conn.queued_at = time.monotonic()
             super().enqueue_req(conn)
+        return True
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c in self.reading if c.read_deadline <= now]:
+            self._drop(conn, TOO_LATE if conn.inbox else b"")
+
+    def _drop(self, conn: Any, answer: bytes = b"") -> None:
+        if self.reading.pop(conn, 0) is None:
+            self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        _send_and_close(conn.sock, answer)
 
     def handle(self, conn: Any) -> Any:  # on a pool thread
         now = time.monotonic()
         admission.set_context(now - getattr(conn, "queued_at", now), conn.server)
         return super().handle(conn)
 
-    def _wait_for_first_bytes(self, conn: Any) -> None:
-        """gthread's own "deferred" state: on the poller, bounded by the keep-alive time."""
-        conn.sock.setblocking(False)
-        conn.timeout = time.monotonic() + self.cfg.keepalive
-        self.pending_conns.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ,
-                             partial(self.on_pending_socket_readable, conn))
-
-    def load_wsgi(self) -> None:
-        super().load_wsgi()
-        timeout_s = getattr(self.wsgi, "config", {}).get(admission.QUEUE_TIMEOUT_KEY)
-        if timeout_s is not None:  # our app (create_app) says how long is too long
-            self.wsgi = ShedLateRequests(self.wsgi, timeout_s)
-
     def handle_quit(self, sig: Any, frame: Any) -> None:
         self.health_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    """Best effort on a non-blocking socket: a client too slow to take a few hundred bytes
+    is not waited for."""
+    try:
+        sock.send(data)
+    except OSError:
+        pass
+
+
+def _send_and_close(sock: socket.socket, data: bytes) -> None:
+    if data:
+        sock.setblocking(False)
+        _send(sock, data)
+    util.close(sock)
 
 
 class ShedLateRequests:
@@ -148,8 +243,3 @@ class ShedLateRequests:
         return [body]
 
 
-def _peek(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:  # nothing yet (EAGAIN), or the peer is gone: gthread will find out
-        return b""
