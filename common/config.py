@@ -164,10 +164,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("heartbeat_interval_s", float, 1.0, "broker <-> worker heartbeat period",
             _positive),
     Setting("max_body_bytes", int, int(6.25 * MIB), "largest request body", _positive),
+    Setting("max_reply_bytes", int, 16 * MIB, "largest JSON answer of one request; a "
+            "larger one fails that request alone (500) and never the batch", _positive),
     Setting("max_form_parts", int, 16, "most multipart form parts per request", _positive),
     Setting("max_image_pixels", int, 16_000_000, "largest image (width x height), judged "
             "from its header before decoding", _positive),
     Setting("max_json_depth", int, 32, "deepest nesting of a JSON tensor", _positive),
+    Setting("max_json_elements", int, 500_000, "most values (numbers and lists) in one "
+            "JSON tensor, counted before it is parsed", _positive),
     Setting("service", str, "", "MMS 0.4's --service: a custom service file used for every "
             "model instead of the archive's"),
     Setting("services", list, [], "per-model service overrides, as name=file.py[:ClassName] "
@@ -178,6 +182,8 @@ SETTINGS: tuple[Setting, ...] = (
             "run_dir)"),
     Setting("broker_workers", str, "", "broker endpoint for workers (default: ipc in "
             "run_dir)"),
+    Setting("broker_management", str, "", "broker endpoint for management commands, which "
+            "only the management routes send (default: ipc in run_dir)"),
     Setting("log_file", str, "", "log to this file instead of stderr"),
     Setting("log_rotation_time", str, "", "MMS 0.4's --log-rotation-time: rotate log_file "
             "every 'interval when' (e.g. '1 H', '1 D', 'midnight'); empty: never"),
@@ -262,12 +268,29 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
-def broker_endpoints(config: Config, run_dir: Path) -> tuple[str, str]:
-    """The broker's (frontend, worker) ZeroMQ endpoints: ipc sockets in the run directory
-    unless configured."""
+def broker_endpoints(config: Config, run_dir: Path) -> tuple[str, str, str]:
+    """The broker's (frontend, worker, management) ZeroMQ endpoints: ipc sockets in the
+    run directory unless configured."""
     frontend = config.broker_frontend or f"ipc://{run_dir}/frontends.sock"
     workers = config.broker_workers or f"ipc://{run_dir}/workers.sock"
-    return frontend, workers
+    management = config.broker_management or f"ipc://{run_dir}/management.sock"
+    return frontend, workers, management
+
+
+MIN_FRAME_BYTES = 64 * MIB  # a request's decoded tensors may outgrow its body
+
+
+def max_frame_bytes(config: Config) -> int:
+    """ZMQ_MAXMSGSIZE of the sockets that carry requests: the largest frame a request's
+    arrays can honestly need (a JSON tensor's float32s are at most 2x its body's bytes, a
+    frontend-decoded image is at its signature's size); a larger one disconnects its
+    sender before the broker buffers it."""
+    return max(MIN_FRAME_BYTES, 8 * config.max_body_bytes)
+
+
+def max_reply_frame_bytes(config: Config) -> int:
+    """ZMQ_MAXMSGSIZE of the sockets that carry answers (plus room for the header)."""
+    return config.max_reply_bytes + MIB
 
 
 FRONTEND_WAIT_MARGIN_S = 2.0  # the frontend outwaits the broker's deadline by this much

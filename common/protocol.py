@@ -15,14 +15,18 @@ A message is one ZeroMQ multipart message (after any ROUTER identity envelope):
 
 Arrays never go through msgpack: they travel as their own frames (zero-copy on send above
 pyzmq's copy threshold) and the receiver builds each ndarray over its frame without copying.
-Only plain numeric dtypes cross the wire; object dtypes (pickle) are refused. Decoding is
-strict and raises `ProtocolError`; the receiver logs, counts and drops such a message.
+Only plain numeric dtypes cross the wire; object dtypes (pickle) are refused. A worker's
+answer is JSON bytes in a frame of its own (dtype "json", shape [length]), so no answer is
+bounded by the header's cap and the frontend writes those bytes into its response as they
+are. Decoding is strict and raises `ProtocolError`; the receiver logs, counts and drops
+such a message. `typed_field()` reads a message field of a required type.
 
 Two public functions: `to_frames(message)` and `from_frames(frames)`.
 """
 from __future__ import annotations
 
 import enum
+import json
 import math
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -52,11 +56,15 @@ class Kind(enum.IntEnum):
     HEARTBEAT = 2  # both ways
     REQUEST = 3  # frontend -> broker (one item), broker -> worker (a batch of items;
     #              fields {model, threads: cores lent for this batch, when any})
-    REPLY = 4  # worker -> broker -> frontend: per item a "result" or an "error"
+    REPLY = 4  # worker -> broker -> frontend: per item an ANSWER array or an "error" field
     ERROR = 5  # a whole message failed: fields {type, message}
     DISCONNECT = 6  # either side is going away
     CATALOG = 7  # frontend -> broker: which models, signatures, ready workers; reply in fields
-    MANAGE = 8  # management commands (register, unregister, scale)
+    MANAGE = 8  # management commands (register, unregister, scale), on their own socket
+
+
+ANSWER = "answer"  # the array name of a worker's JSON answer
+JSON_DTYPE = "json"  # the dtype tag of a frame holding UTF-8 JSON bytes
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -67,11 +75,12 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class Item(NamedTuple):
-    """One request inside a message: its id, its fields and its named arrays."""
+    """One request inside a message: its id, its fields and its named arrays (an ndarray,
+    or `bytes` of JSON for an answer)."""
 
     id: str
     fields: Mapping[str, Any] = _EMPTY
-    arrays: Mapping[str, np.ndarray] = _EMPTY
+    arrays: Mapping[str, Any] = _EMPTY
 
 
 class Message(NamedTuple):
@@ -90,6 +99,10 @@ def to_frames(message: Message) -> list[Frame]:
     for item in message.items:
         descriptors = []
         for name, array in item.arrays.items():
+            if isinstance(array, bytes):
+                descriptors.append([name, JSON_DTYPE, [len(array)]])
+                buffers.append(array)
+                continue
             array = np.ascontiguousarray(array)
             if array.dtype.str not in ALLOWED_DTYPES:
                 native = array.dtype.newbyteorder("=")
@@ -141,7 +154,7 @@ def from_frames(frames: Sequence[Any]) -> Message:
         descriptors = raw.get("a", [])
         if not isinstance(descriptors, list):
             raise ProtocolError("array descriptors are not a list")
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, Any] = {}
         for descriptor in descriptors:
             if next_buffer >= len(buffers):
                 raise ProtocolError("header describes more arrays than there are frames")
@@ -157,12 +170,18 @@ def from_frames(frames: Sequence[Any]) -> Message:
     return Message(kind=kind, fields=fields, items=tuple(items))
 
 
-def _array(descriptor: Any, frame: Any) -> tuple[str, np.ndarray]:
+def _array(descriptor: Any, frame: Any) -> tuple[str, Any]:
     if not (isinstance(descriptor, list) and len(descriptor) == 3):
         raise ProtocolError("array descriptor must be [name, dtype, shape]")
     name, dtype, shape = descriptor
     if not isinstance(name, str) or not name:
         raise ProtocolError("array name must be a non-empty string")
+    if dtype == JSON_DTYPE:
+        data = bytes(_buffer(frame))
+        if shape != [len(data)]:
+            raise ProtocolError(f"array {name!r}: json frame of {len(data)} bytes, shape "
+                                f"{shape!r}")
+        return name, data
     dt = _DTYPES.get(dtype) if isinstance(dtype, str) else None
     if dt is None:
         raise ProtocolError(f"array {name!r}: dtype {dtype!r} is not allowed")
@@ -177,6 +196,25 @@ def _array(descriptor: Any, frame: Any) -> tuple[str, np.ndarray]:
         raise ProtocolError(f"array {name!r}: shape {shape} of {dtype} needs {expected} bytes, "
                             f"frame has {len(buffer)}")
     return name, np.frombuffer(buffer, dtype=dt).reshape(shape)
+
+
+def typed_field(fields: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
+          default: Any = None) -> Any:
+    """`fields[name]` if it has the type `kind` (a bool is never a number), `default` if
+    absent; ProtocolError otherwise."""
+    value = fields.get(name, default)
+    if value is default:
+        return value
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (
+            kind if isinstance(kind, tuple) else (kind,))):
+        raise ProtocolError(f"field {name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def answer_json(value: Any) -> bytes:
+    """An answer as compact ASCII JSON; ValueError for NaN or Infinity (not JSON)."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"),
+                      allow_nan=False).encode()
 
 
 def _buffer(frame: Any) -> memoryview:

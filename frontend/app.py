@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from common.config import Config, load_config
+from common.config import Config, load_config, max_reply_frame_bytes
 from common.images import warm_up
 from common.import_pages import settle_before_forking
 from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
@@ -69,10 +69,12 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         config.client_header_timeout_s, config.client_body_timeout_s,
         config.client_min_body_rate, config.max_connections, config.max_body_bytes)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    client = BrokerClient(config.broker_frontend)
+    client = BrokerClient(config.broker_frontend, max_reply_frame_bytes(config))
+    manager = BrokerClient(config.broker_management, max_reply_frame_bytes(config))
     catalog = Catalog(client)
     limits = Limits(max_image_pixels=config.max_image_pixels,
-                    max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft)
+                    max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft,
+                    max_tensor_elements=config.max_json_elements)
     warm_up()
 
     @app.before_request
@@ -125,7 +127,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
                          _json_view(endpoint.view), methods=[endpoint.method.upper()])
         extra_paths.setdefault(endpoint.path, {})[endpoint.method] = endpoint.operation
 
-    add_management_routes(app, config, client, catalog)
+    add_management_routes(app, config, manager, catalog)
     app.wsgi_app = PredictRoute(  # type: ignore[method-assign]
         app.wsgi_app, config, client, catalog, limits,
         custom_rules=[e.rule for e in endpoints if e.method == "post"])

@@ -26,8 +26,9 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.errors import DeadlineExceeded, MXServeError, ServiceUnavailable, error_from_wire
-from common.protocol import Item, Kind, Message, from_frames, to_frames
+from common.errors import (DeadlineExceeded, InternalServerError, MXServeError,
+                           ServiceUnavailable, error_from_wire)
+from common.protocol import ANSWER, Item, Kind, Message, from_frames, to_frames
 from common.transport import NOBLOCK, recv_frames, send_frames
 
 
@@ -73,8 +74,10 @@ class BrokerWatch:
 
 
 class BrokerClient:
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, max_reply_bytes: int = 0) -> None:
+        """`max_reply_bytes`: ZMQ_MAXMSGSIZE of its sockets (0: no limit)."""
         self.endpoint = endpoint
+        self.max_reply_bytes = max_reply_bytes
         self._pid = -1
         self._context: zmq.Context | None = None
         self._local = threading.local()
@@ -97,6 +100,8 @@ class BrokerClient:
             # Queue only on a live connection: with the broker gone, a send fails at once
             # (503) instead of waiting in ZeroMQ's queue for a broker that may never read it.
             socket.setsockopt(zmq.IMMEDIATE, 1)
+            if self.max_reply_bytes:
+                socket.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
             socket.connect(self.endpoint)
             # A new socket's connection takes a moment (a dead broker never connects): wait
             # for it once here, not on every call.
@@ -158,18 +163,22 @@ class BrokerClient:
 
     def predict(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
                 budget_s: float, wait_s: float, images: Mapping[str, Any] | None = None
-                ) -> tuple[Any, Mapping[str, Any]]:
-        """Run one request; return (result, reply fields) or raise its error. `images`: the
-        image inputs are still encoded, for the worker to decode within these limits."""
+                ) -> tuple[bytes, Mapping[str, Any]]:
+        """Run one request; return (its answer as JSON bytes, reply fields) or raise its
+        error. `images`: the image inputs are still encoded, for the worker to decode
+        within these limits."""
         fields: dict[str, Any] = {"budget_ms": budget_s * 1000.0}
         if images is not None:
             fields["images"] = images
         reply = self.call(Kind.REQUEST, {"model": model}, Item(request_id, fields, arrays),
                           wait_s)
-        fields = reply.items[0].fields
-        if "error" in fields:
-            raise _error(fields["error"])
-        return fields.get("result"), reply.fields
+        answer = reply.items[0]
+        if "error" in answer.fields:
+            raise _error(answer.fields["error"])
+        data = answer.arrays.get(ANSWER)
+        if not isinstance(data, bytes):
+            raise InternalServerError("the worker sent no answer")
+        return data, reply.fields
 
     def manage(self, op: str, fields: Mapping[str, Any], timeout_s: float) -> Any:
         """A management operation (register, unregister, scale); its result or its error."""

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.errors import DeadlineExceeded, InvalidInput, ModelError, MXServeError
-from common.protocol import Item
+from common.errors import (DeadlineExceeded, InternalServerError, InvalidInput, ModelError,
+                           MXServeError)
+from common.protocol import ANSWER, Item, answer_json
 from common.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,23 @@ class Outcome:
     result: Any = None
     error: MXServeError | None = None
 
-    def to_item(self) -> Item:
-        if self.error is not None:
-            return Item(id=self.id, fields={"error": {"type": self.error.type,
-                                                      "message": self.error.message}})
-        return Item(id=self.id, fields={"result": self.result})
+    def to_item(self, max_bytes: int = 0) -> Item:
+        """The wire item: the answer as JSON in a frame of its own, or the error; an answer
+        that JSON cannot carry, or one over `max_bytes`, is this request's error alone."""
+        error = self.error
+        if error is None:
+            try:
+                answer = answer_json(self.result)
+            except ValueError:
+                error = ModelError("the model's answer contains NaN or Infinity, which JSON "
+                                   "cannot carry")
+            else:
+                if not max_bytes or len(answer) <= max_bytes:
+                    return Item(id=self.id, arrays={ANSWER: answer})
+                error = InternalServerError(f"the answer is {len(answer)} bytes, over "
+                                            f"max_reply_bytes ({max_bytes})")
+        return Item(id=self.id, fields={"error": {"type": error.type,
+                                                  "message": error.message}})
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -37,17 +38,23 @@ import zmq
 from common import metrics
 from common.archive import ModelArchive, load_archive
 from common.config import (SECRET_ENV, Config, batching_for, broker_endpoints, load_config,
-                           parse_model_spec, service_for)
+                           max_frame_bytes, max_reply_frame_bytes, parse_model_spec,
+                           service_for)
 from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
-                           InvalidInput, ModelNotFound, MXServeError, ServiceUnavailable)
+                           InvalidInput, ModelNotFound, MXServeError, ProtocolError,
+                           ServiceUnavailable)
 from common.logs import setup_logging
 from common.private_files import private_dir
-from common.protocol import Item, Kind, Message, from_frames, to_frames
+from common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
 from common.transport import NOBLOCK, has_message, recv_frames, send_frames
 from worker.pool import WorkerPool, plan_workers
 
 log = logging.getLogger("broker")
 
+# What a well-framed message with a wrong field raises in its handler: dropped (a frontend
+# gets an error reply), never the broker's end.
+MALFORMED = (ProtocolError, TypeError, ValueError, KeyError, AttributeError, OverflowError)
+MANAGEMENT_FRAME_BYTES = 1024 * 1024  # names, paths and numbers only
 LIVENESS = 3  # missed heartbeats before an idle worker is presumed dead
 HOUSEKEEPING_S = 0.05  # reaping, expiry, heartbeats: 20 times a second is plenty
 OVERRUN_GRACE_S = 1.0  # a batch may run this long past its last deadline before the kill
@@ -111,7 +118,7 @@ class ModelState:
 
 class Broker:
     def __init__(self, config: Config, frontend_endpoint: str, worker_endpoint: str,
-                 run_dir: Path) -> None:
+                 management_endpoint: str, run_dir: Path) -> None:
         self.config = config
         self.models: dict[str, ModelState] = {}
         self.workers: dict[bytes, WorkerState] = {}
@@ -120,7 +127,8 @@ class Broker:
         self.stop_requested = False
         self.cores = os.cpu_count() or 1  # what CPU workers share (worker/pool.py)
         metrics.forget_dead_processes()  # a previous broker's gauges, if it was killed
-        archives = self._load_archives(run_dir / "models")
+        self.extract_root = run_dir / "models"
+        archives = self._load_archives(self.extract_root)
         for name, model in self.models.items():
             batching = batching_for(config, name)
             model.max_batch_size = batching.max_batch_size
@@ -133,15 +141,22 @@ class Broker:
                                {n: service_for(config, n) for n in self.models},
                                fork_server=(run_dir / "forkserver.sock"
                                             if config.fork_workers else None),
-                               batch_memory_mb=config.batch_memory_mb)
+                               batch_memory_mb=config.batch_memory_mb,
+                               worker_args=["--max-reply-bytes", str(config.max_reply_bytes),
+                                            "--max-frame-bytes",
+                                            str(max_frame_bytes(config))])
         self.context = zmq.Context()
-        self.frontends = self._bind(frontend_endpoint)
-        self.backend = self._bind(worker_endpoint)
+        self.frontends = self._bind(frontend_endpoint, max_frame_bytes(config))
+        self.backend = self._bind(worker_endpoint, max_reply_frame_bytes(config))
+        # Management commands only from the management routes, on a socket of their own:
+        # a frontend's request socket cannot register models.
+        self.management = self._bind(management_endpoint, MANAGEMENT_FRAME_BYTES)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         self.poller = zmq.Poller()
         self.poller.register(self.backend, zmq.POLLIN)
         self.poller.register(self.frontends, zmq.POLLIN)
+        self.poller.register(self.management, zmq.POLLIN)
         self.poller.register(self.wake_r, zmq.POLLIN)
         self.next_heartbeat = 0.0
         self.next_housekeeping = 0.0
@@ -164,10 +179,12 @@ class Broker:
             folders[archive.name] = archive.root
         return folders
 
-    def _bind(self, endpoint: str) -> zmq.Socket:
+    def _bind(self, endpoint: str, max_frame: int) -> zmq.Socket:
         socket = self.context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         socket.setsockopt(zmq.LINGER, 0)
+        # A peer sending a larger frame is disconnected before the broker buffers it.
+        socket.setsockopt(zmq.MAXMSGSIZE, max_frame)
         # Bounded by our own queues, not ZeroMQ's: never let a ROUTER drop silently.
         socket.setsockopt(zmq.SNDHWM, 0)
         socket.setsockopt(zmq.RCVHWM, 0)
@@ -202,6 +219,8 @@ class Broker:
                     self.receive_from_workers()
                 if self.frontends in events:
                     self.receive_from_frontends()
+                if self.management in events:
+                    self.receive_management()
                 now = time.monotonic()
                 # Housekeeping when a timer or a signal (a child exited) woke us, else at most
                 # every HOUSEKEEPING_S: run per message it cost more than the routing did.
@@ -239,6 +258,7 @@ class Broker:
             self._send_worker(worker.identity, Message(Kind.DISCONNECT))
         self.pool.stop(timeout_s=WORKER_STOP_S)
         self.frontends.close(linger=200)
+        self.management.close(linger=200)
         self.backend.close(linger=0)
         self.context.term()
         log.info("broker stopped")
@@ -279,25 +299,36 @@ class Broker:
 
     def receive_from_workers(self) -> None:
         for identity, message in self._drain(self.backend, "worker"):
-            now = time.monotonic()
-            worker = self.workers.get(identity)
-            if worker is not None:
-                worker.last_seen = now
-            if message.kind == Kind.READY:
-                self._on_ready(identity, message, now)
-            elif message.kind == Kind.REPLY and worker is not None:
-                self._on_reply(worker, message, now)
-            elif message.kind == Kind.DISCONNECT and worker is not None:
-                self._remove_worker(worker, "it disconnected")
-            elif message.kind == Kind.DISCONNECT and "load_error" in message.fields:
-                self._on_load_error(message)
-            elif worker is None and message.kind != Kind.DISCONNECT:
-                # A worker we forgot (we restarted, or it was presumed dead): ask it to
-                # re-register instead of guessing its state.
-                self._send_worker(identity, Message(Kind.DISCONNECT, {"reason": "unknown"}))
+            self.on_worker_message(identity, message)
+
+    def on_worker_message(self, identity: bytes, message: Message) -> None:
+        """One message from a worker; one with a wrong field is logged and dropped."""
+        try:
+            self._on_worker_message(identity, message)
+        except MALFORMED as exc:
+            log.warning("dropped a malformed %s from a worker: %s", message.kind.name,
+                        getattr(exc, "message", exc))
+
+    def _on_worker_message(self, identity: bytes, message: Message) -> None:
+        now = time.monotonic()
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.last_seen = now
+        if message.kind == Kind.READY:
+            self._on_ready(identity, message, now)
+        elif message.kind == Kind.REPLY and worker is not None:
+            self._on_reply(worker, message, now)
+        elif message.kind == Kind.DISCONNECT and worker is not None:
+            self._remove_worker(worker, "it disconnected")
+        elif message.kind == Kind.DISCONNECT and "load_error" in message.fields:
+            self._on_load_error(message)
+        elif worker is None and message.kind != Kind.DISCONNECT:
+            # A worker we forgot (we restarted, or it was presumed dead): ask it to
+            # re-register instead of guessing its state.
+            self._send_worker(identity, Message(Kind.DISCONNECT, {"reason": "unknown"}))
 
     def _on_ready(self, identity: bytes, message: Message, now: float) -> None:
-        name = str(message.fields.get("model", ""))
+        name = typed_field(message.fields, "model", str, "")
         model = self.models.get(name)
         if model is None or model.archive is None:
             log.warning("worker %r is READY for unknown model %r; sending it away", identity,
@@ -307,11 +338,12 @@ class Broker:
         old = self.workers.get(identity)
         if old is not None:
             self._remove_worker(old, "it re-registered")
+        fields = message.fields
         worker = WorkerState(identity=identity, model=name,
-                             device=str(message.fields.get("device", "?")),
-                             pid=int(message.fields.get("pid", 0)),
-                             max_batch_size=int(message.fields.get("max_batch_size", 1)),
-                             threads=int(message.fields.get("threads", 0)), last_seen=now)
+                             device=typed_field(fields, "device", str, "?"),
+                             pid=typed_field(fields, "pid", int, 0),
+                             max_batch_size=max(1, typed_field(fields, "max_batch_size", int, 1)),
+                             threads=max(0, typed_field(fields, "threads", int, 0)), last_seen=now)
         self.workers[identity] = worker
         self.pool.mark_ready(worker.pid)
         model.workers.add(identity)
@@ -332,8 +364,8 @@ class Broker:
             model.error = reason
 
     def _on_reply(self, worker: WorkerState, message: Message, now: float) -> None:
-        inference_ms = message.fields.get("inference_ms", 0.0)
-        decode_ms = message.fields.get("decode_ms", 0.0)
+        inference_ms = typed_field(message.fields, "inference_ms", (int, float), 0.0)
+        decode_ms = typed_field(message.fields, "decode_ms", (int, float), 0.0)
         worker_ms = round((now - worker.batch_started) * 1000.0, 3)  # the hop and inference
         for item in message.items:
             pending = worker.batch.pop(item.id, None)
@@ -343,7 +375,7 @@ class Broker:
                 "batch_size": len(message.items), "inference_ms": inference_ms,
                 "decode_ms": decode_ms, "worker_ms": worker_ms,
                 "queue_ms": round((worker.batch_started - pending.received) * 1000.0, 3),
-            }, [Item(pending.item.id, dict(item.fields))]))
+            }, [Item(pending.item.id, dict(item.fields), item.arrays)]))
         for pending in worker.batch.values():
             self._fail(pending, ServiceUnavailable("the worker answered without this request"))
         worker.batch = {}
@@ -405,6 +437,10 @@ class Broker:
                 raise InvalidInput(f"unknown management operation {op!r}")
         except MXServeError as exc:
             return {"error": {"type": exc.type, "message": exc.message}}
+        except MALFORMED as exc:
+            log.warning("refused a malformed management command: %s", exc)
+            return {"error": {"type": InvalidInput.type,
+                              "message": "malformed management command"}}
         return {"result": result}
 
     def _known(self, name: str) -> ModelState:
@@ -415,21 +451,29 @@ class Broker:
 
     def _register(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
         """An archive the management listener has already extracted (the broker's loop
-        never unzips): read its folder, then start its workers."""
+        never unzips): read its folder, then start its workers. A refused one's folder
+        is removed."""
+        folder = Path(typed_field(fields, "folder", str, ""))
+        try:
+            return self._add_model(name, folder, fields)
+        except BaseException:
+            self._discard_extraction(folder)
+            raise
+
+    def _add_model(self, name: str, folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
         if name in self.models:
             raise InvalidInput(f"a model named {name!r} is already registered"
                                + (" (still being removed)" if self.models[name].removing
                                   else ""))
         specs = self._plan(name, _worker_count(fields.get("workers")
                                                or self.config.workers_per_model))
-        archive = load_archive(str(fields["folder"]), name=name)
+        archive = load_archive(folder, name=name)
         batching = batching_for(self.config, name)
         model = ModelState(archive=archive,
-                           max_batch_size=int(fields.get("max_batch_size")
-                                              or batching.max_batch_size),
-                           max_batch_delay_s=float(fields.get("max_batch_delay_ms",
-                                                              batching.max_batch_delay_ms))
-                           / 1000.0)
+                           max_batch_size=_batch_size(fields.get("max_batch_size")
+                                                      or batching.max_batch_size),
+                           max_batch_delay_s=_batch_delay_ms(fields.get(
+                               "max_batch_delay_ms", batching.max_batch_delay_ms)) / 1000.0)
         self.models[name] = model
         self.pool.add(name, specs, archive.root, model.max_batch_size,
                       service_for(self.config, name))
@@ -461,23 +505,30 @@ class Broker:
                 self.workers.pop(identity, None)
             self.pool.retire(name)
             del self.models[name]
+            if model.archive is not None:
+                self._discard_extraction(model.archive.root)
             log.info("model %s removed", name)
+
+    def _discard_extraction(self, folder: Path) -> None:
+        """Remove an archive's extracted folder once no model serves from it (only ours:
+        folders under the run directory; a model served from its own folder is kept)."""
+        if folder.parent != self.extract_root:
+            return
+        if any(m.archive is not None and m.archive.root == folder
+               for m in self.models.values()):
+            return
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _scale(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
         model = self._known(name)
         if fields.get("max_batch_size") is not None:
-            size = int(fields["max_batch_size"])
-            if size < 1:
-                raise InvalidInput("max_batch_size must be >= 1")
+            size = _batch_size(fields["max_batch_size"])
             # Running workers bound their executors up to their launch size: a larger size
             # applies to workers started from now on.
             model.max_batch_size = size
             self.pool.max_batch_size[name] = size
         if fields.get("max_batch_delay_ms") is not None:
-            delay = float(fields["max_batch_delay_ms"])
-            if delay < 0:
-                raise InvalidInput("max_batch_delay_ms must be >= 0")
-            model.max_batch_delay_s = delay / 1000.0
+            model.max_batch_delay_s = _batch_delay_ms(fields["max_batch_delay_ms"]) / 1000.0
         if fields.get("workers") is not None:
             wanted, current = _worker_count(fields["workers"]), self.pool.total(name)
             if wanted > current:
@@ -529,24 +580,48 @@ class Broker:
 
     def receive_from_frontends(self) -> None:
         for identity, message in self._drain(self.frontends, "frontend"):
-            if len(message.items) != 1:
-                log.warning("dropped a frontend message with %d items", len(message.items))
-                continue
-            item = message.items[0]
+            self.on_frontend_message(identity, message)
+
+    def on_frontend_message(self, identity: bytes, message: Message) -> None:
+        """One message from a frontend thread; a malformed one is answered with an error
+        (the thread waits for its reply) and dropped."""
+        if len(message.items) != 1:
+            log.warning("dropped a frontend message with %d items", len(message.items))
+            return
+        item = message.items[0]
+        try:
             if message.kind == Kind.REQUEST:
                 self._on_request(identity, message, item)
             elif message.kind == Kind.CATALOG:
                 self._send_frontend(identity, Message(Kind.REPLY, {}, [
                     Item(item.id, {"result": self.catalog()})]))
-            elif message.kind == Kind.MANAGE:
-                self._send_frontend(identity, Message(Kind.REPLY, {}, [
-                    Item(item.id, self._on_manage(item.fields))]))
+            else:
+                raise ProtocolError(f"{message.kind.name} is not taken on this socket")
+        except MALFORMED as exc:
+            log.warning("refused a malformed %s from a frontend: %s", message.kind.name,
+                        getattr(exc, "message", exc))
+            self._send_frontend(identity, Message(Kind.REPLY, {}, [Item(item.id, {
+                "error": {"type": InvalidInput.type,
+                          "message": "malformed message to the broker"}})]))
+
+    def receive_management(self) -> None:
+        for identity, message in self._drain(self.management, "management route"):
+            if message.kind != Kind.MANAGE or len(message.items) != 1:
+                log.warning("dropped a %s with %d items on the management socket",
+                            message.kind.name, len(message.items))
+                continue
+            item = message.items[0]
+            send_frames(self.management, [identity, *to_frames(Message(Kind.REPLY, {}, [
+                Item(item.id, self._on_manage(item.fields))]))])
 
     def _on_request(self, frontend: bytes, message: Message, item: Item) -> None:
         now = time.monotonic()
-        name = str(message.fields.get("model", ""))
+        name = typed_field(message.fields, "model", str, "")
         model = self.models.get(name)
-        budget_s = float(item.fields.get("budget_ms", self.config.request_timeout_s * 1000))
+        budget_s = float(typed_field(item.fields, "budget_ms", (int, float),
+                               self.config.request_timeout_s * 1000))
+        if not budget_s > 0:  # NaN and negatives included
+            raise ProtocolError("budget_ms must be a positive number")
         pending = Pending(frontend, item, now + min(budget_s / 1000.0,
                                                     self.config.request_timeout_s), now)
         if model is None:
@@ -689,13 +764,25 @@ class Broker:
 
 
 MAX_WORKERS_PER_MODEL = 64
+MAX_BATCH_DELAY_MS = 10_000.0
 
 
 def _worker_count(value: Any) -> int:
-    count = int(value)
-    if not 1 <= count <= MAX_WORKERS_PER_MODEL:
-        raise InvalidInput(f"workers must be between 1 and {MAX_WORKERS_PER_MODEL}")
-    return count
+    if type(value) is not int or not 1 <= value <= MAX_WORKERS_PER_MODEL:
+        raise InvalidInput(f"workers must be an integer between 1 and {MAX_WORKERS_PER_MODEL}")
+    return value
+
+
+def _batch_size(value: Any) -> int:
+    if type(value) is not int or value < 1:
+        raise InvalidInput("max_batch_size must be an integer >= 1")
+    return value
+
+
+def _batch_delay_ms(value: Any) -> float:
+    if type(value) not in (int, float) or not 0 <= value <= MAX_BATCH_DELAY_MS:
+        raise InvalidInput(f"max_batch_delay_ms must be between 0 and {MAX_BATCH_DELAY_MS:g}")
+    return float(value)
 
 
 def main() -> int:

@@ -161,8 +161,9 @@ def frontend_main(argv: list[str] | None = None) -> int:
     except MXServeError as exc:
         print(f"mxserve frontend: error: {exc.message}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    frontend, workers = broker_endpoints(config, run_dir)
-    config = config.replace(broker_frontend=frontend, broker_workers=workers)
+    frontend, workers, management = broker_endpoints(config, run_dir)
+    config = config.replace(broker_frontend=frontend, broker_workers=workers,
+                            broker_management=management)
     env = {**without_secrets(os.environ), **config.to_env()}
     env.pop("MXSERVE_CONFIG", None)
     argv_ = gunicorn_argv(config)
@@ -237,9 +238,9 @@ class Launcher:
             if self.owns_run_dir:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        frontend, workers = broker_endpoints(config, run_dir)
+        frontend, workers, management = broker_endpoints(config, run_dir)
         self.config = config.replace(run_dir=str(run_dir), broker_frontend=frontend,
-                                     broker_workers=workers)
+                                     broker_workers=workers, broker_management=management)
         self.stop_requested = False
         self.rotator = (LogRotator(config.log_file, config.log_rotation_time)
                         if config.log_file and config.log_rotation_time else None)

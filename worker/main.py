@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+from common.config import BY_NAME, MIN_FRAME_BYTES
 from common.logs import setup_logging
 from common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
 from common.protocol import Kind, Message, from_frames, to_frames
@@ -60,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--heartbeat-liveness", type=int, default=3,
                         help="missed heartbeats before the broker is presumed gone")
+    parser.add_argument("--max-reply-bytes", type=int, default=BY_NAME["max_reply_bytes"].default,
+                        help="largest JSON answer of one request; a larger one is that "
+                        "request's error")
+    parser.add_argument("--max-frame-bytes", type=int, default=MIN_FRAME_BYTES,
+                        help="largest message frame accepted from the broker")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.max_batch_size < 1:
@@ -192,6 +198,7 @@ class Worker:
         self.socket = self.context.socket(self.zmq.DEALER)
         self.socket.setsockopt(self.zmq.IDENTITY, self.identity)
         self.socket.setsockopt(self.zmq.LINGER, 0)
+        self.socket.setsockopt(self.zmq.MAXMSGSIZE, self.args.max_frame_bytes)
         self.socket.connect(self.args.broker)
         self.poller = self.zmq.Poller()
         self.poller.register(self.socket, self.zmq.POLLIN)
@@ -258,7 +265,8 @@ class Worker:
                            {"model": self.archive.name, "batch_size": len(message.items),
                             "decode_ms": round(timing.decode_ms, 3),
                             "inference_ms": round(inference_ms, 3)},
-                           [outcome.to_item() for outcome in outcomes]))
+                           [outcome.to_item(self.args.max_reply_bytes)
+                            for outcome in outcomes]))
 
     def _send(self, message: Message) -> None:
         try:

@@ -140,7 +140,8 @@ class WorkerPool:
     def __init__(self, specs: list[WorkerSpec], archives: dict[str, Path], broker_endpoint: str,
                  max_batch_size: dict[str, int], heartbeat_interval_s: float, log_level: str,
                  services: dict[str, tuple[str, str]] | None = None,
-                 fork_server: Path | None = None, batch_memory_mb: float = 0.0) -> None:
+                 fork_server: Path | None = None, batch_memory_mb: float = 0.0,
+                 worker_args: list[str] | None = None) -> None:
         """`fork_server`: the fork server's socket path (in the run directory), or None to
         start every worker as a fresh process."""
         self.specs = specs
@@ -152,6 +153,7 @@ class WorkerPool:
         self.log_level = log_level
         self.services = services or {}  # model -> (service file, class name)
         self.batch_memory_mb = batch_memory_mb
+        self.worker_args = worker_args or []  # the same for every worker (wire limits)
         # CPU workers are forked from a process that imported MXNet once (worker/forkserver.py)
         cpu_specs = [spec for spec in specs if spec.gpu is None]
         self.fork_server: ForkServer | None = None
@@ -222,7 +224,7 @@ class WorkerPool:
                 "--batch-memory-mb", str(self.batch_memory_mb),
                 "--worker-id", worker.identity,
                 "--heartbeat-interval", str(self.heartbeat_interval_s),
-                "--log-level", self.log_level]
+                "--log-level", self.log_level, *self.worker_args]
         if spec.gpu is not None:
             argv += ["--gpu", "0"]  # pinned by CUDA_VISIBLE_DEVICES: always device 0 inside
         service_file, class_name = self.services.get(spec.model, ("", ""))
