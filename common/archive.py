@@ -26,6 +26,7 @@ from common.signature import Signature, parse_signature
 
 MANIFEST_NAME = "MANIFEST.json"
 SYNSET_NAME = "synset.txt"
+MAX_JSON_BYTES = 1024 * 1024  # MANIFEST.json and signature.json are a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,21 @@ def load_archive(path: str | os.PathLike[str], extract_root: str | os.PathLike[s
     `name` overrides the manifest's Model-Name (as `--models name=path` does in MMS 0.4).
     """
     source = Path(path)
-    if source.is_dir():
-        root = source
-    elif source.is_file():
-        root = extract_zip(source, Path(extract_root or tempfile.gettempdir()), limits)
-    else:
-        raise ArchiveError(f"model archive not found: {source}")
-    return read_folder(root, name)
+    try:
+        if source.is_dir():
+            return read_folder(source, name)
+        if not source.is_file():
+            raise ArchiveError(f"model archive not found: {source}")
+        root, created = extract_zip(source, Path(extract_root or tempfile.gettempdir()),
+                                    limits)
+    except OSError as exc:  # unreadable, or a file where a folder must be
+        raise ArchiveError(f"cannot read the archive: {exc.strerror or exc}") from exc
+    try:
+        return read_folder(root, name)
+    except BaseException:
+        if created:  # a rejected archive leaves nothing on disk
+            shutil.rmtree(root, ignore_errors=True)
+        raise
 
 
 def read_folder(root: Path, name: str | None = None) -> ModelArchive:
@@ -92,17 +101,25 @@ def read_folder(root: Path, name: str | None = None) -> ModelArchive:
                         manifest=manifest, signature=signature, synset=synset)
 
 
-def extract_zip(archive: Path, extract_root: Path, limits: ExtractionLimits) -> Path:
-    """Safely extract `archive` under `extract_root`; return the folder holding MANIFEST.json."""
+def extract_zip(archive: Path, extract_root: Path,
+                limits: ExtractionLimits) -> tuple[Path, bool]:
+    """Safely extract `archive` under `extract_root`; return the folder holding
+    MANIFEST.json and whether this call created it (an identical archive's is reused)."""
     digest = _file_digest(archive)
     target = extract_root / f"{archive.stem}-{digest[:16]}"
+    created = False
     if not (target / MANIFEST_NAME).is_file():
         extract_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=extract_root))
         try:
-            _extract_checked(archive, staging, limits)
+            try:
+                _extract_checked(archive, staging, limits)
+            except OSError as exc:  # e.g. a file `x` and an entry `x/y`
+                raise ArchiveError(f"{archive.name} cannot be extracted: "
+                                   f"{exc.strerror or exc}") from exc
             try:
                 os.rename(staging, target)
+                created = True
             except OSError:
                 # Another process extracted the same archive first: theirs is identical.
                 if not (target / MANIFEST_NAME).is_file():
@@ -110,7 +127,7 @@ def extract_zip(archive: Path, extract_root: Path, limits: ExtractionLimits) -> 
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return target, created
 
 
 def _extract_checked(archive: Path, dest: Path, limits: ExtractionLimits) -> None:
@@ -144,8 +161,9 @@ def _checked_members(archive_name: str, members: list[zipfile.ZipInfo],
                      limits: ExtractionLimits) -> list[tuple[str, zipfile.ZipInfo]]:
     """Refuse anything unsafe before extracting; return (normalised name, info) for files."""
     seen: set[str] = set()
+    folders: set[str] = set()  # every folder some entry lies in
     files = []
-    declared_total = 0
+    declared_total = compressed_total = 0
     for info in members:
         raw = info.filename
         if "\\" in raw or raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
@@ -154,6 +172,8 @@ def _checked_members(archive_name: str, members: list[zipfile.ZipInfo],
         clean = posixpath.normpath(raw)
         if clean == ".." or clean.startswith("../") or "/../" in f"/{clean}/":
             raise ArchiveError(f"{archive_name}: entry {raw!r} escapes the extraction folder")
+        if clean == "." or not raw.strip("/"):
+            raise ArchiveError(f"{archive_name}: entry {raw!r} names the folder itself")
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise ArchiveError(f"{archive_name}: entry {raw!r} is a symbolic link")
@@ -163,6 +183,8 @@ def _checked_members(archive_name: str, members: list[zipfile.ZipInfo],
         if key in seen:
             raise ArchiveError(f"{archive_name}: duplicate entry name {raw!r}")
         seen.add(key)
+        parts = key.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
         if info.is_dir():
             continue
         if (info.file_size > limits.ratio_floor_bytes
@@ -170,10 +192,20 @@ def _checked_members(archive_name: str, members: list[zipfile.ZipInfo],
             raise ArchiveError(f"{archive_name}: entry {raw!r} has a compression ratio over "
                                f"{limits.max_ratio}:1 (a zip bomb?)")
         declared_total += info.file_size
+        compressed_total += info.compress_size
         if declared_total > limits.max_total_bytes:
             raise ArchiveError(f"{archive_name} expands past the limit of "
                                f"{limits.max_total_bytes} bytes")
         files.append((clean, info))
+    # Many entries just under the per-entry floor add up to a bomb as well.
+    if (declared_total > limits.ratio_floor_bytes
+            and declared_total > limits.max_ratio * max(compressed_total, 1)):
+        raise ArchiveError(f"{archive_name} expands over {limits.max_ratio}:1 in all "
+                           "(a zip bomb?)")
+    clashing = sorted(name for name, _ in files if name.lower() in folders)
+    if clashing:
+        raise ArchiveError(f"{archive_name}: entry {clashing[0]!r} is both a file and a "
+                           "folder")
     return files
 
 
@@ -204,11 +236,17 @@ def _require_plain_file(root: Path, file_name: str, what: str) -> Path:
 
 
 def _read_json(root: Path, file_name: str) -> object:
+    """A small JSON file, size checked before it is read and parsed."""
     path = _require_plain_file(root, file_name, file_name)
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ArchiveError(f"{file_name} is {size} bytes, over the limit of {MAX_JSON_BYTES}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArchiveError(f"{file_name} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ArchiveError(f"{file_name} is nested too deeply") from exc
 
 
 def _file_digest(path: Path) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +23,15 @@ from common.errors import InvalidInput, PayloadTooLarge
 from common.signature import Signature, TensorSpec
 
 
+LARGE_JSON_CHARS = 64 * 1024
+_large_parses = threading.Lock()
+
+
 @dataclass(frozen=True)
 class Limits:
     max_image_pixels: int = 16_000_000
     max_json_depth: int = 32
-    max_tensor_elements: int = 16_000_000
+    max_tensor_elements: int = 500_000
     jpeg_draft: bool = False
 
 
@@ -95,8 +100,18 @@ def decode_tensor(data: bytes | str, spec: TensorSpec, limits: Limits) -> np.nda
     except UnicodeDecodeError as exc:  # e.g. an image sent to a JSON-tensor model
         raise InvalidInput(f"field {spec.name!r} must be JSON text (UTF-8), not binary "
                            "data") from exc
+    # Every "[" and "," can become a Python object of 30-60 bytes: count them before the
+    # parse, so a body of empty lists cannot cost a hundred times its size.
+    objects = text.count(",") + text.count("[") + 1
+    if objects > limits.max_tensor_elements:
+        raise PayloadTooLarge(f"field {spec.name!r} has up to {objects} JSON values; the "
+                              f"limit is {limits.max_tensor_elements} (max_json_elements)")
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        if len(text) > LARGE_JSON_CHARS:
+            with _large_parses:  # one large parse at a time per process bounds the peak
+                value = json.loads(text, parse_constant=_refuse_constant)
+        else:
+            value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError as exc:  # the C parser stops at Python's recursion limit, fast
         raise InvalidInput(f"field {spec.name!r}: JSON nested too deeply") from exc
     except ValueError as exc:

@@ -58,6 +58,7 @@ from frontend.request_reader import CONTINUE, progress, without_expect
 HEALTH_THREADS = 2
 SWITCH_INTERVAL_S = 0.002
 HEALTH_REQUESTS = (b"GET /ping ", b"GET /ping?", b"GET / ", b"HEAD /ping ", b"HEAD / ")
+PEEK_BYTES = max(len(prefix) for prefix in HEALTH_REQUESTS)
 RECV_BYTES = 256 * 1024
 
 TYPE_BY_STATUS = {400: InvalidInput.type, 408: RequestTimeout.type, 414: URITooLong.type,
@@ -166,7 +167,7 @@ class ModelServerThreadWorker(ThreadWorker):
                     conn.answered_continue = True
                     _send(conn.sock, CONTINUE)
             return False
-        request = without_expect(conn.inbox) if conn.answered_continue else bytes(conn.inbox)
+        request = without_expect(conn.inbox) if conn.answered_continue else conn.inbox
         conn.inbox = None
         if self.reading.pop(conn, 0) is None:
             self.poller.unregister(conn.sock)
@@ -175,7 +176,7 @@ class ModelServerThreadWorker(ThreadWorker):
         conn.parser.unreader.unread(request)
         conn.data_ready = True  # gthread's handle() must not wait for more bytes
         conn.queued_at = time.monotonic()
-        if request.startswith(HEALTH_REQUESTS):
+        if bytes(request[:PEEK_BYTES]).startswith(HEALTH_REQUESTS):
             done = self.health_pool.submit(self.handle, conn)
             done.add_done_callback(
                 lambda fut: self.method_queue.defer(self.finish_request, conn, fut))

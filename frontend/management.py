@@ -25,16 +25,18 @@ broker only reads the extracted folder, so its loop never stalls on a large unzi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import jsonschema
 from flask import Flask, Response, jsonify, request
 
 from common import metrics
-from common.archive import load_archive
+from common.archive import ExtractionLimits, load_archive
 from common.config import Config
 from common.errors import Forbidden, InvalidInput, ModelNotFound
 from common.management_token import token_of
@@ -46,6 +48,9 @@ from frontend.download import download
 from frontend.management_guard import allowed_host_names, check_host_and_origin, check_token
 
 MANAGE_TIMEOUT_S = 10.0
+MAX_WORKERS = 64  # per model, as the broker allows
+MAX_BATCH_SIZE = 1024
+MAX_BATCH_DELAY_MS = 10_000.0  # longer than any sane batching window; a typo otherwise
 SUMMARY_KEYS = ("status", "ready", "workers", "devices", "threads_per_worker",
                 "max_batch_size", "worker_max_batch_size", "max_batch_delay_ms", "queue",
                 "restarts", "batches", "mean_batch_size", "error")
@@ -99,13 +104,12 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         return jsonify(one(name))
 
     def register_model() -> Any:
-        body = _json_body()
+        body = _json_body(REGISTER)
         name = body.get("name")
-        if name is not None and not isinstance(name, str):
-            raise InvalidInput("name must be a string")
         with _archive_source(body, config, allowlist) as source:
             extract_root = Path(config.run_dir or tempfile.gettempdir()) / "models"
-            archive = load_archive(source, extract_root, name=name)
+            archive = load_archive(source, extract_root, name=name, limits=ExtractionLimits(
+                max_total_bytes=config.max_archive_bytes))
         client.manage("register", {"name": archive.name, "folder": str(archive.root),
                                    **_settings(body)}, MANAGE_TIMEOUT_S)
         catalog.fetch()  # this process routes the new model at once; others within 2 s
@@ -117,7 +121,7 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     @app.put("/models/<name>")
     @guarded
     def scale_model(name: str) -> Any:
-        settings = _settings(_json_body())
+        settings = _settings(_json_body(SCALE))
         if not settings:
             raise InvalidInput("send workers, max_batch_size and/or max_batch_delay_ms")
         client.manage("scale", {"name": name, **settings}, MANAGE_TIMEOUT_S)
@@ -141,22 +145,43 @@ def summary(name: str, model: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, **{key: model.get(key) for key in SUMMARY_KEYS}}
 
 
-def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+SETTINGS_PROPERTIES: dict[str, Any] = {
+    "workers": {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS},
+    "max_batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE},
+    "max_batch_delay_ms": {"type": "number", "minimum": 0, "maximum": MAX_BATCH_DELAY_MS},
+}
+REGISTER = jsonschema.Draft7Validator({
+    "type": "object", "additionalProperties": False,
+    "properties": {"path": {"type": "string", "minLength": 1, "maxLength": 4096},
+                   "url": {"type": "string", "minLength": 1, "maxLength": 4096},
+                   "name": {"type": "string", "minLength": 1, "maxLength": 128},
+                   **SETTINGS_PROPERTIES},
+})
+SCALE = jsonschema.Draft7Validator({"type": "object", "additionalProperties": False,
+                                    "properties": SETTINGS_PROPERTIES})
+
+
+def _json_body(schema: jsonschema.Draft7Validator) -> dict[str, Any]:
+    """The request's JSON object, valid under `schema`; InvalidInput naming the bad key."""
+    try:
+        body = json.loads(request.get_data(as_text=True), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput("send a JSON object (Content-Type: application/json)") from exc
     if not isinstance(body, dict):
         raise InvalidInput("send a JSON object (Content-Type: application/json)")
+    error = jsonschema.exceptions.best_match(schema.iter_errors(body))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path)
+        raise InvalidInput(f"{where + ': ' if where else ''}{error.message}")
     return body
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _settings(body: dict[str, Any]) -> dict[str, Any]:
-    settings = {}
-    for key, kind in (("workers", int), ("max_batch_size", int), ("max_batch_delay_ms", float)):
-        if body.get(key) is not None:
-            value = body[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidInput(f"{key} must be a number")
-            settings[key] = kind(value)
-    return settings
+    return {key: body[key] for key in SETTINGS_PROPERTIES if body.get(key) is not None}
 
 
 @contextlib.contextmanager

@@ -91,14 +91,18 @@ class Server:
         (e.g. "worker.broker", "-m worker --archive")."""
         return sorted(pid for pid in descendants(self.process.pid) if marker in cmdline(pid))
 
+    def run_dir(self) -> Path:
+        """The instance's run directory, read from its broker's environment."""
+        [broker] = self.processes("worker.broker")
+        environ = open(f"/proc/{broker}/environ", "rb").read().split(b"\0")
+        value = next(v for v in environ if v.startswith(b"MXSERVE_RUN_DIR="))
+        return Path(value.split(b"=", 1)[1].decode())
+
     def catalog(self, timeout_s: float = 5.0) -> dict:
         """The broker's catalog (workers ready, restarts, errors), asked over its own socket."""
         from frontend.broker_client import BrokerClient
 
-        [broker] = self.processes("worker.broker")
-        environ = open(f"/proc/{broker}/environ", "rb").read().split(b"\0")
-        run_dir = next(v for v in environ if v.startswith(b"MXSERVE_RUN_DIR=")).split(b"=", 1)[1]
-        return BrokerClient(f"ipc://{run_dir.decode()}/frontends.sock").catalog(timeout_s)
+        return BrokerClient(f"ipc://{self.run_dir()}/frontends.sock").catalog(timeout_s)
 
     def log_text(self) -> str:
         self.log.flush()

@@ -109,8 +109,11 @@ def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_mod
     wait_for(lambda: len(workers_of(managed, "noop2")) == 1, what="scale-down")
     assert all(noop(managed, "noop2").status_code == 200 for _ in range(5))
 
+    extracted = list((managed.run_dir() / "models").glob("noop-*"))
+    assert extracted
     removed = managed.api.delete(f"{managed.admin}/models/noop2", timeout=60)
     assert removed.status_code == 200 and removed.json()["status"] == "removed"
+    wait_for(lambda: not any(p.exists() for p in extracted), what="extraction removed")
     assert_error(noop(managed, "noop2"), 404, "ModelNotFound")
     wait_for(lambda: not workers_of(managed, "noop2"), what="workers stopped")
     assert model(managed, "noop2") is None
@@ -156,3 +159,40 @@ def test_bad_registrations_are_clear_errors(managed):
                               timeout=30), 400, "InvalidInput", "workers")
     assert_error(managed.api.delete(f"{managed.admin}/models/nope", timeout=30), 404,
                  "ModelNotFound")
+
+
+@pytest.mark.parametrize("body, named", [
+    ({"path": "noop.model", "worker": 2}, "worker"),
+    ({"path": "noop.model", "workers": -1}, "workers"),
+    ({"path": "noop.model", "workers": 1.5}, "workers"),
+    ({"path": "noop.model", "max_batch_size": -1}, "max_batch_size"),
+    ({"path": "noop.model", "max_batch_size": True}, "max_batch_size"),
+    ({"path": "noop.model", "max_batch_delay_ms": 1e9}, "max_batch_delay_ms"),
+    ({"path": ["noop.model"]}, "path"),
+])
+def test_management_bodies_are_checked_against_a_schema(managed, body, named):
+    refused = managed.api.post(f"{managed.admin}/models", json=body, timeout=30)
+    assert_error(refused, 400, "InvalidInput", named)
+    assert model(managed, "noop") is None
+
+
+def test_nan_and_infinity_are_not_json(managed):
+    for raw in ('{"path": "noop.model", "workers": NaN}',
+                '{"workers": Infinity}'):
+        refused = managed.api.post(f"{managed.admin}/models", data=raw, timeout=30,
+                                   headers={"Content-Type": "application/json"})
+        assert_error(refused, 400, "InvalidInput", "JSON")
+    scaled = managed.api.put(f"{managed.admin}/models/digits", data='{"workers": -Infinity}',
+                             headers={"Content-Type": "application/json"}, timeout=30)
+    assert_error(scaled, 400, "InvalidInput", "JSON")
+
+
+def test_a_rejected_archive_leaves_no_extraction(managed):
+    before = set((managed.run_dir() / "models").iterdir())
+    refused = managed.api.post(f"{managed.admin}/models", json={"path": "broken.model"},
+                               timeout=30)
+    assert refused.status_code == 400
+    duplicate = managed.api.post(f"{managed.admin}/models", json={
+        "path": "noop.model", "name": "digits"}, timeout=30)
+    assert_error(duplicate, 400, "InvalidInput", "already registered")
+    assert set((managed.run_dir() / "models").iterdir()) == before

@@ -49,7 +49,7 @@ def assert_refused(sandbox: Path, archive: Path, match: str, limits=DEFAULT_LIMI
         load_archive(archive, sandbox / "extract", limits=limits)
     assert snapshot_outside(sandbox) == before, "something was written outside extract/"
     leftovers = [p.name for p in (sandbox / "extract").iterdir()]
-    assert not any(name.startswith(".extract-") for name in leftovers), leftovers
+    assert not leftovers, "a refused archive left its extraction behind"
 
 
 def test_reference_archive_loads_and_reuses_its_extraction(reference, sandbox):
@@ -211,3 +211,60 @@ def test_symlink_in_unpacked_folder_is_refused(reference, tmp_path):
     (tmp_path / "digits-0000.params").symlink_to(secret)
     with pytest.raises(ArchiveError, match="is a symbolic link"):
         load_archive(tmp_path)
+
+
+def test_many_entries_just_under_the_ratio_floor_are_refused_in_total(sandbox):
+    """200 x 1 MiB of zeros: each entry at the per-entry floor, 200 MB in all."""
+    entries = [(f"pad/{i}.bin", bytes(1024 * 1024)) for i in range(200)]
+    bomb = write_zip(sandbox / "bomb.model", [("MANIFEST.json", b"{}"), *entries],
+                     zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 1024 * 1024
+    assert_refused(sandbox, bomb, "in all")
+
+
+@pytest.mark.parametrize("entries, match", [
+    ([("x", b"1"), ("x/y", b"2")], "both a file and a folder"),
+    ([(".", b"1")], "folder itself"),
+    ([("./", b"")], "folder itself"),
+])
+def test_entries_that_cannot_be_extracted_are_archive_errors(reference, sandbox, entries,
+                                                             match):
+    good = list(reference_entries(reference).items())
+    archive = write_zip(sandbox / "odd.model", [*good, *entries])
+    assert_refused(sandbox, archive, match)
+
+
+@pytest.mark.parametrize("manifest, match", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply|not valid JSON"),
+    (b'{"x": "' + b"a" * (2 * 1024 * 1024) + b'"}', "over the limit"),
+])
+def test_hostile_manifests_are_refused_before_or_while_parsing(reference, sandbox, manifest,
+                                                               match):
+    entries = reference_entries(reference)
+    entries["MANIFEST.json"] = manifest
+    archive = write_zip(sandbox / "m.model", list(entries.items()))
+    assert_refused(sandbox, archive, match)
+
+
+def test_a_rejected_archive_leaves_nothing_behind(reference, sandbox):
+    entries = reference_entries(reference)
+    entries["MANIFEST.json"] = b'{"Model-Archive-Version": 0.1}'
+    archive = write_zip(sandbox / "bad.model", list(entries.items()))
+    assert_refused(sandbox, archive, "MANIFEST")
+
+
+def test_an_unreadable_archive_is_an_archive_error(reference, sandbox):
+    archive = sandbox / "locked.model"
+    archive.write_bytes((reference / "digits.model").read_bytes())
+    archive.chmod(0)
+    try:
+        if os.access(archive, os.R_OK):  # root reads anything: make it a folder instead
+            archive.chmod(0o644)
+            archive.unlink()
+            archive.mkdir()
+            (archive / "MANIFEST.json").mkdir()
+        with pytest.raises(ArchiveError):
+            load_archive(archive, sandbox / "extract")
+    finally:
+        if archive.is_file():
+            archive.chmod(0o644)

@@ -201,3 +201,16 @@ def test_images_left_for_the_worker_are_refused_here_when_their_header_says_so(d
                                                                               match):
     with pytest.raises(error, match=match):
         decode_inputs(IMAGE_SIG, image_field(data), LIMITS, decode_images=False)
+
+
+def test_json_values_are_counted_before_the_parse():
+    """A 6.5 MB body of empty lists once cost a frontend ~235 MB; it is refused from a
+    count of its brackets and commas, before any list exists."""
+    hostile = "[" + ",".join(["[]"] * 2_200_000) + "]"
+    with pytest.raises(PayloadTooLarge, match="max_json_elements"):
+        decode_inputs(TENSOR_SIG, [Field("x", hostile, False)], LIMITS)
+    small = Limits(max_tensor_elements=10)
+    with pytest.raises(PayloadTooLarge):
+        decode_inputs(TENSOR_SIG, [Field("x", json.dumps([[1, 2, 3, 4]] * 3), False)], small)
+    decoded = decode_inputs(TENSOR_SIG, [Field("x", "[[1, 2, 3, 4]]", False)], small)
+    assert decoded["x"].shape == (1, 4)
