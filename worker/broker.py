@@ -44,10 +44,12 @@ from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceede
                            InvalidInput, ModelNotFound, MXServeError, ProtocolError,
                            ServiceUnavailable)
 from common.logs import setup_logging
+from common.parent_death import become_subreaper
 from common.private_files import private_dir
 from common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
 from common.transport import NOBLOCK, has_message, recv_frames, send_frames
 from worker.pool import WorkerPool, plan_workers
+from worker.registry import Registry
 
 log = logging.getLogger("broker")
 
@@ -160,6 +162,35 @@ class Broker:
         self.poller.register(self.wake_r, zmq.POLLIN)
         self.next_heartbeat = 0.0
         self.next_housekeeping = 0.0
+        self.registry = Registry(run_dir)
+        self._replay_registrations()
+
+    def _replay_registrations(self) -> None:
+        """Models a previous broker had registered at run time are registered again."""
+        for name, entry in self.registry.load().items():
+            if name in self.models:
+                log.warning("not restoring registered model %s: a configured model has its "
+                            "name", name)
+                self.registry.drop(name)
+                continue
+            try:
+                folder = Path(typed_field(entry, "folder", str))
+                self._add_model(name, folder, entry)
+            except (MXServeError, *MALFORMED) as exc:
+                log.warning("not restoring registered model %s: %s", name,
+                            getattr(exc, "message", exc))
+                self.registry.drop(name)
+                continue
+            log.info("restored model %s, registered before this broker started", name)
+
+    def _remember(self, name: str) -> None:
+        """Save a run-time model's folder and settings for a broker that restarts."""
+        model = self.models[name]
+        if model.archive is not None:
+            self.registry.put(name, {
+                "folder": str(model.archive.root), "workers": self.pool.total(name),
+                "max_batch_size": model.max_batch_size,
+                "max_batch_delay_ms": model.max_batch_delay_s * 1000.0})
 
     def _load_archives(self, extract_root: Path) -> dict[str, Path]:
         """Extract each archive once here; workers read the extracted folder."""
@@ -455,10 +486,12 @@ class Broker:
         is removed."""
         folder = Path(typed_field(fields, "folder", str, ""))
         try:
-            return self._add_model(name, folder, fields)
+            result = self._add_model(name, folder, fields)
         except BaseException:
             self._discard_extraction(folder)
             raise
+        self._remember(name)
+        return result
 
     def _add_model(self, name: str, folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
         if name in self.models:
@@ -505,6 +538,7 @@ class Broker:
                 self.workers.pop(identity, None)
             self.pool.retire(name)
             del self.models[name]
+            self.registry.drop(name)
             if model.archive is not None:
                 self._discard_extraction(model.archive.root)
             log.info("model %s removed", name)
@@ -543,6 +577,8 @@ class Broker:
                                 model.idle.remove(worker.identity)
         log.info("model %s: %d worker(s), batches of %d, delay %.1f ms", name,
                  self.pool.total(name), model.max_batch_size, model.max_batch_delay_s * 1000)
+        if name in self.registry.entries:
+            self._remember(name)
         return self.catalog()["models"][name]
 
     def update_gauges(self) -> None:
@@ -797,6 +833,7 @@ def main() -> int:
         return EXIT_BAD_CONFIG
     for secret in SECRET_ENV:  # the workers, which run archives' code, inherit os.environ
         os.environ.pop(secret, None)
+    become_subreaper()  # a dead fork server's workers become ours, and keep serving
     try:
         run_dir = private_dir(config.run_dir)
     except MXServeError as exc:

@@ -29,12 +29,16 @@ path is gone or taken over (the run directory removed, a new server started), on
 own.
 
 Safety of forking after `import mxnet`: the server runs no operator, so no engine or OpenMP
-threads exist to be lost in a fork; MXNet's own fork handlers cover the rest. Children
-get SIGKILL if the server dies (prctl).
+threads exist to be lost in a fork; MXNet's own fork handlers cover the rest.
+
+Workers outlive the server. The broker is a child subreaper (common/parent_death.py), so
+when the server dies the kernel re-parents its workers to the broker: `ForkServer` then
+marks them adopted and their `ForkedProcess` reaps them with waitpid, like any child. They
+keep serving while a new server is started for later forks. A worker whose parent changes
+ties its own death to its new parent (worker/main.py), and leaves if none adopted it.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -54,10 +58,10 @@ from common.proctree import alive
 log = logging.getLogger("worker.forkserver")
 
 READY = "ready"
-PR_SET_PDEATHSIG = 1
 SPAWN_TIMEOUT_S = 5.0  # a fork answers in milliseconds; a server this slow is stuck
 BROKER_RETURN_S = 30.0  # the launcher restarts a crashed broker within 10 s (its backoff cap)
 STOP_WAIT_S = 5.0
+RESTART_AFTER_S = 1.0  # a server that dies at start-up is not restarted in a tight loop
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -135,14 +139,13 @@ class _Server:
                                 "waiting %.0fs for a new broker", len(self.children),
                                 BROKER_RETURN_S)
                     return True
-                server_pid = os.getpid()
                 pid = os.fork()
                 if pid == 0:
                     for closing in (reader, sock, self.listener):
                         closing.close()
                     os.close(self.wake_r)
                     os.close(self.wake_w)
-                    _run_worker(json.loads(line), server_pid)  # never returns
+                    _run_worker(json.loads(line))  # never returns
                 self.children.add(pid)
                 _send(sock, {"pid": pid})
 
@@ -193,15 +196,12 @@ def _reap(options: int) -> list[tuple[int, int]]:
                        else os.WEXITSTATUS(status)))
 
 
-def _run_worker(request: dict[str, Any], server_pid: int) -> None:
+def _run_worker(request: dict[str, Any]) -> None:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != server_pid:  # the server died between fork and prctl
-            os._exit(code)
         for key, value in request["env"].items():
             if os.environ.get(key) != value:
                 os.environ[key] = value
@@ -251,8 +251,27 @@ class ForkedProcess:
     def poll(self) -> int | None:
         if self.returncode is None:
             self.server.pump()
-            self.returncode = self.server.exits.pop(self.pid, None)
+            if self.pid in self.server.adopted:
+                self.returncode = self._reap_adopted()
+            else:
+                self.returncode = self.server.exits.pop(self.pid, None)
         return self.returncode
+
+    def _reap_adopted(self) -> int | None:
+        """Our own child since its server died: waitpid it."""
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Not re-parented to us yet (the server's socket closes before its children
+            # move), or gone: still running while it is alive.
+            if alive(self.pid):
+                return None
+            self.server.adopted.discard(self.pid)
+            return -signal.SIGKILL
+        if pid == 0:
+            return None
+        self.server.adopted.discard(self.pid)
+        return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -286,6 +305,7 @@ class ForkServer:
         self._start = start
         self.path = path
         self.exits: dict[int, int] = {}
+        self.adopted: set[int] = set()  # workers of a dead server, now our children
         self._children: set[int] = set()
         self._sock: socket.socket | None = None
         self._process: Any = None  # ours when we started it; None when attached
@@ -332,6 +352,12 @@ class ForkServer:
         sock.connect(str(self.path))  # queued until the server has imported MXNet
         return sock
 
+    def keep_running(self) -> None:
+        """Start a new server if this one died, so the next fork does not wait for it."""
+        self.pump()
+        if self._sock is None and time.monotonic() - self.started_at > RESTART_AFTER_S:
+            self.start()
+
     def can_fork(self, env: dict[str, str]) -> bool:
         self.pump()
         if self._sock is None:
@@ -365,7 +391,7 @@ class ForkServer:
             pass
 
     def stop(self) -> None:
-        """SIGTERM the server (its workers die with it), however it was started."""
+        """SIGTERM the server, however it was started (the pool stops the workers)."""
         pid = self._process.pid if self._process is not None else self._pid
         if pid:
             try:
@@ -419,18 +445,18 @@ class ForkServer:
         return message
 
     def _server_gone(self) -> None:
-        """Make sure it is gone (a stuck one is killed); its children die with it
-        (PDEATHSIG): report them killed."""
+        """Make sure it is gone (a stuck one is killed); its workers live on as our
+        children (we are a subreaper) and are reaped as such."""
         if self._attachable or self._children:
-            log.warning("the worker fork server is gone; its %d worker(s) with it",
+            log.warning("the worker fork server is gone; its %d worker(s) keep serving as "
+                        "the broker's children, and a new server will fork later ones",
                         len(self._children))
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
         elif self._process is None and self._pid and alive(self._pid):
             os.kill(self._pid, signal.SIGKILL)
-        for pid in self._children:
-            self.exits[pid] = -signal.SIGKILL
+        self.adopted |= self._children
         self._children.clear()
         if self._sock is not None:
             self._sock.close()

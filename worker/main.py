@@ -32,6 +32,7 @@ from typing import Any
 
 from common.config import BY_NAME, MIN_FRAME_BYTES
 from common.logs import setup_logging
+from common.parent_death import die_with_parent
 from common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
 from common.protocol import Kind, Message, from_frames, to_frames
 from worker.batch import BatchTiming, run_batch  # numpy only: safe before OMP_NUM_THREADS
@@ -154,6 +155,7 @@ class Worker:
         self.identity = (args.worker_id or f"{archive.name}-{os.getpid()}").encode()
         self.interval_s = args.heartbeat_interval
         self.stopping = False
+        self.parent = os.getppid()
         self.context = zmq.Context()
         self.socket: Any = None
         self.wake_r, self.wake_w = os.pipe()
@@ -223,9 +225,26 @@ class Worker:
             if now >= self.next_heartbeat:
                 self._send(Message(Kind.HEARTBEAT))
                 self.next_heartbeat = now + self.interval_s
+                self._follow_parent()
             if now - self.last_heard > liveness_s and not self.stopping:
                 log.warning("broker silent for %.1fs; reconnecting", now - self.last_heard)
                 self._connect()
+
+    def _follow_parent(self) -> None:
+        """A forked worker's server died and the broker adopted it: die with the broker
+        from now on. Adopted by no one (init), there is no broker left to serve."""
+        parent = os.getppid()
+        if parent == self.parent:
+            return
+        if parent == 1:
+            log.warning("the broker is gone and nothing adopted this worker; exiting")
+            self.stopping = True
+            return
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent:  # the new parent died before the signal was armed
+            self.stopping = True
+        self.parent = parent
+        log.info("re-parented to pid %d (its fork server died); serving on", parent)
 
     def _receive(self) -> None:
         # Drain everything queued: a broker restart can leave several messages waiting.

@@ -14,7 +14,6 @@ model is failed with the reason, the other models keep serving.
 """
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
 import os
@@ -25,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.parent_death import die_with_parent
 from common.errors import EXIT_MODEL_LOAD
 from worker.forkserver import ForkedProcess, ForkServer
 
@@ -103,9 +103,7 @@ def _own_group() -> None:
 
 def _child_setup() -> None:
     """Child-side, before exec: SIGTERM if the parent dies (no orphans), and its own group."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     _own_group()
 
 
@@ -165,6 +163,8 @@ class WorkerPool:
         self.restarts: dict[str, int] = {}
 
     def start_due(self, now: float) -> None:
+        if self.fork_server is not None:
+            self.fork_server.keep_running()
         for worker in self.workers:
             due = worker.restart_at is not None and now >= worker.restart_at
             if worker.process is None and due:

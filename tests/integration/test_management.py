@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -196,3 +198,20 @@ def test_a_rejected_archive_leaves_no_extraction(managed):
         "path": "noop.model", "name": "digits"}, timeout=30)
     assert_error(duplicate, 400, "InvalidInput", "already registered")
     assert set((managed.run_dir() / "models").iterdir()) == before
+
+
+def test_a_registered_model_survives_a_broker_restart(managed):
+    created = managed.api.post(f"{managed.admin}/models", json={
+        "path": "noop.model", "name": "survivor", "max_batch_size": 2}, timeout=60)
+    assert created.status_code == 201, created.text
+    wait_for(lambda: (model(managed, "survivor") or {}).get("status") == "ready", what="ready")
+    [broker] = managed.processes("worker.broker")
+    os.kill(broker, signal.SIGKILL)
+    wait_for(lambda: managed.processes("worker.broker") not in ([], [broker]),
+             what="a new broker")
+    restored = wait_for(lambda: (model(managed, "survivor") or {}).get("status") == "ready"
+                        and model(managed, "survivor"), what="the model restored")
+    assert restored["max_batch_size"] == 2
+    wait_for(lambda: noop(managed, "survivor").status_code == 200, what="served again")
+    assert managed.api.delete(f"{managed.admin}/models/survivor", timeout=60).status_code == 200
+    assert "survivor" not in (managed.run_dir() / "registered.json").read_text()
