@@ -150,6 +150,20 @@ def test_register_from_an_allow_listed_url_only(managed):
     assert managed.api.delete(f"{managed.admin}/models/fromurl", timeout=60).status_code == 200
 
 
+def test_urls_that_only_look_allowed_are_refused(managed):
+    port = managed.files_url.rsplit(":", 1)[1]
+    for url in (f"http://127.0.0.1:{port}1/allowed/noop.model",  # a port with that prefix
+                f"{managed.files_url}/allowed/../elsewhere.model",
+                f"{managed.files_url}/allowed/%2e%2e/elsewhere.model",
+                f"http://x@127.0.0.1:{port}/allowed/noop.model",
+                f"{managed.files_url}/allowed/noop.model\r\nX: y",
+                f"http://127.0.0.1:{managed.management_port}/allowed/x.model"):
+        refused = managed.api.post(f"{managed.admin}/models", json={"url": url}, timeout=30)
+        assert_error(refused, 400, "InvalidInput")
+        assert "Unauthorized" not in refused.text
+    assert requests.get(managed.url + "/ping", timeout=10).status_code == 200
+
+
 def test_bad_registrations_are_clear_errors(managed):
     assert_error(managed.api.post(f"{managed.admin}/models", json={"path": "broken.model"},
                                timeout=30), 400, "ArchiveError", "not a valid zip")
