@@ -40,10 +40,13 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import secrets
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -256,10 +259,16 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.management_url = f"http://127.0.0.1:{free_port()}"
+        self.token = secrets.token_urlsafe(24)
+        self.token_dir = tempfile.mkdtemp(prefix="mxserve-bench-")
+        token_file = Path(self.token_dir) / "token"
+        token_file.write_text(self.token)
+        token_file.chmod(0o600)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "common.cli", "start", "--models", f"{name}={archive}",
              "--port", str(self.port), "--log-level", "WARNING",
-             "--management-port", self.management_url.rsplit(":", 1)[1], *extra],
+             "--management-port", self.management_url.rsplit(":", 1)[1],
+             "--management-token-file", str(token_file), *extra],
             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready(self.url + "/ping", name)
@@ -270,8 +279,9 @@ class Stack:
         them are (each warms up to its steady size before READY)."""
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"{self.management_url}/models/{name}",
-                                        timeout=5) as r:
+            request = urllib.request.Request(f"{self.management_url}/models/{name}", headers={
+                "Authorization": f"Bearer {self.token}"})
+            with urllib.request.urlopen(request, timeout=5) as r:
                 model = json.loads(r.read())
             if model["ready"] == model["workers"]:
                 time.sleep(1.0)  # let start-up settle before idle memory is read
@@ -307,6 +317,7 @@ class Stack:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(60)
+        shutil.rmtree(getattr(self, "token_dir", ""), ignore_errors=True)
 
 
 class PlainFlask(Stack):
