@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return start_main(argv[1:])
     if argv and argv[0] == "broker":
+        argparse.ArgumentParser(
+            prog="mxserve broker", description="The broker and its workers alone, as "
+            "supervisord.conf runs them. Configured only by MXSERVE_* variables (every "
+            "setting of `mxserve start -h`); MXSERVE_RUN_DIR names its private run "
+            "directory.").parse_args(argv[1:])
         from worker.broker import main as broker_main
 
         return broker_main()
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "config":
         return _config(argv[1:])
     parser = argparse.ArgumentParser(prog="mxserve", description="MXNet model server")
+    parser.add_argument("--version", action="version", version=f"mxserve {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("start", help="serve models (see `mxserve start -h`)")
     commands.add_parser("worker", help="run one worker process (see `mxserve worker -h`)")
@@ -61,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "nginx-conf":
         return _nginx_conf(args)
     return EXIT_OK
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mxserve")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def _config(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             path = entry.partition("=")[2] or entry
             if not Path(path).exists():
                 raise ConfigError(f"model archive not found: {path}")
+        check_ports_free(config)
     except ConfigError as exc:
         print(f"mxserve start: error: {exc.message}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -86,6 +88,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 WORKER_CLASS = "frontend.gunicorn_worker.ModelServerThreadWorker"
+
+
+def check_ports_free(config: Config) -> None:
+    """Refuse a port another process holds now, before any model loads (gunicorn would
+    only fail after the broker had loaded every model)."""
+    listeners = [("port", config.host, config.port)]
+    if config.management_port:
+        listeners.append(("management_port", config.management_host, config.management_port))
+    for setting, host, port in listeners:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise ConfigError(f"{setting}: cannot listen on {address(host, port)}: "
+                                  f"{exc.strerror}") from exc
 
 
 def metrics_dir(run_dir: str) -> str:

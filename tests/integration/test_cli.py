@@ -1,0 +1,47 @@
+"""The command line never crashes: every subcommand's -h, --version, and a port that is
+already taken refused with its name and exit 2 before any model loads."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.server_harness import ROOT, free_port
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def mxserve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "common.cli", *args], env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", ["", "start", "config", "frontend", "broker", "worker",
+                                     "export", "nginx-conf"])
+def test_help_of_every_subcommand(command):
+    done = mxserve(*command.split(), "-h")
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_version():
+    done = mxserve("--version")
+    assert done.returncode == 0 and done.stdout.startswith("mxserve ")
+
+
+@pytest.mark.parametrize("which", ["--port", "--management-port"])
+def test_a_port_in_use_is_refused_before_any_model_loads(sample_models, which):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--port": str(free_port()), "--management-port": str(free_port()),
+                 which: str(port)}
+        done = mxserve("start", "--models", f"digits={sample_models['digits']}",
+                       *[arg for pair in ports.items() for arg in pair])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert str(port) in done.stderr and "Traceback" not in done.stderr
+    assert "worker" not in done.stderr  # nothing was started
