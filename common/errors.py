@@ -24,7 +24,7 @@ class MXServeError(Exception):
         return HTTP_STATUS[self.type]
 
     def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
-        """The JSON body of DESIGN §4: code, type, message, request_id."""
+        """The JSON error body: code, type, message, request_id."""
         body: dict[str, Any] = {"code": self.status, "type": self.type, "message": self.message}
         if request_id is not None:
             body["request_id"] = request_id
@@ -158,7 +158,7 @@ def error_from_wire(type_name: str, message: str) -> MXServeError:
     return cls(message)
 
 
-# Process exit codes: a contract with whoever supervises the process (DESIGN §6).
+# Process exit codes: a contract with whoever supervises the process (docs/design.md).
 # "Bad config" and "model cannot load" must not be restart-looped; a crash is restarted.
 EXIT_OK = 0
 EXIT_CRASH = 1

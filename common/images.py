@@ -1,4 +1,4 @@
-"""Encoded JPEG/PNG bytes -> the H x W x C uint8 array a vision model takes (DESIGN §4).
+"""Encoded JPEG/PNG bytes -> the H x W x C uint8 array a vision model takes (docs/design.md).
 
 Used where the image is decoded: in the frontend, or in the CPU worker that runs the model
 (setting `image_decode`; docs/architecture.md, "Where images are decoded"). Either way the

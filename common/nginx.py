@@ -1,5 +1,5 @@
 """nginx in front of gunicorn: the configuration, written from mxserve's own settings so the
-two can never disagree (DESIGN §3-§4: the timeout ladder, our JSON 413 winning).
+two can never disagree (docs/design.md: the timeout ladder, our JSON 413 winning).
 
     mxserve nginx-conf [--listen 80] [--config mxserve.toml] > /etc/nginx/mxserve.conf
     nginx -p /var/lib/mxserve-nginx -c /etc/nginx/mxserve.conf

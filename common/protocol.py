@@ -1,4 +1,4 @@
-"""The wire protocol between frontends, broker and workers (DESIGN §2).
+"""The wire protocol between frontends, broker and workers (docs/design.md, "Wire protocol").
 
 A message is one ZeroMQ multipart message (after any ROUTER identity envelope):
 

@@ -1,4 +1,4 @@
-"""Turning a predict request's form fields into the arrays a worker expects (DESIGN §1, §4).
+"""Turning a predict request's form fields into the arrays a worker expects (docs/design.md, "HTTP API and errors").
 
 Images (`image/jpeg` signatures): a file part, or a base64 string field as MMS 0.4 allowed.
 Decoded here to H x W x C uint8 (common/images.py), or, where CPU workers decode

@@ -1,4 +1,4 @@
-"""The broker: one process per host between the frontends and the workers (DESIGN §1, §3).
+"""The broker: one process per host between the frontends and the workers (docs/design.md, "Scheduling and back-pressure").
 
     python -m worker.broker        (configured through MXSERVE_* variables; see common.config)
 

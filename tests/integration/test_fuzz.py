@@ -1,7 +1,7 @@
 """Property-based fuzzing of the running server: generated requests (paths, methods, content
 types, multipart fields, images, JSON tensors, raw bytes) against the real stack. Every
 answer must be a 2xx, or a JSON error from our table that is not a 500: a 500 would mean
-our code failed on input it should have refused (DESIGN §4)."""
+our code failed on input it should have refused (docs/design.md)."""
 from __future__ import annotations
 
 import io

@@ -1,5 +1,5 @@
 """Hostile input over real sockets: every bad request is a JSON 4xx, and afterwards /ping is
-200, a valid prediction works and no worker has restarted (DESIGN §4, issue 5)."""
+200, a valid prediction works and no worker has restarted (docs/design.md)."""
 from __future__ import annotations
 
 import io
