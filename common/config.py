@@ -70,6 +70,8 @@ class Setting:
 
 
 MIB = 1024 * 1024
+MAX_WORKERS_PER_MODEL = 64  # what the management API may ask for one model
+MAX_BATCH_DELAY_MS = 10_000.0  # longer than any sane batching window: a typo otherwise
 MIN_TOKEN_CHARS = 16  # a shorter secret can be guessed; 16 random characters cannot
 
 SETTINGS: tuple[Setting, ...] = (

@@ -199,7 +199,7 @@ def _array(descriptor: Any, frame: Any) -> tuple[str, Any]:
 
 
 def typed_field(fields: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
-          default: Any = None) -> Any:
+                default: Any = None) -> Any:
     """`fields[name]` if it has the type `kind` (a bool is never a number), `default` if
     absent; ProtocolError otherwise."""
     value = fields.get(name, default)

@@ -2,11 +2,11 @@
 
     gunicorn -k gthread 'frontend.app:create_app()'   (configured by MXSERVE_* variables)
 
-Routes (docs/design.md, "HTTP API and errors"): POST /<model>/predict (answered before Flask by frontend/predict.py, the
-one hot path), GET /ping and GET / (200 only when every model has a ready worker; 0.4's body
-shape), GET /api-description. Every error, ours or werkzeug's, is the JSON body {"code",
-"type", "message", "request_id"}; tracebacks go to the log with the request id, never to
-the client. Each response carries X-Request-Id.
+Routes (docs/design.md, "HTTP API and errors"): POST /<model>/predict (answered before
+Flask by frontend/predict.py, the one hot path), GET /ping and GET / (200 only when every
+model has a ready worker; 0.4's body shape), GET /api-description. Every error, ours or
+werkzeug's, is the JSON body {"code", "type", "message", "request_id"}; tracebacks go to
+the log with the request id, never to the client. Each response carries X-Request-Id.
 """
 from __future__ import annotations
 

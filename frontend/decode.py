@@ -1,4 +1,5 @@
-"""Turning a predict request's form fields into the arrays a worker expects (docs/design.md, "HTTP API and errors").
+"""Turning a predict request's form fields into the arrays a worker expects
+(docs/design.md, "HTTP API and errors").
 
 Images (`image/jpeg` signatures): a file part, or a base64 string field as MMS 0.4 allowed.
 Decoded here to H x W x C uint8 (common/images.py), or, where CPU workers decode
@@ -11,6 +12,7 @@ numbers only, a shape that matches the signature (0 = any; a missing batch axis 
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import json
 import threading
@@ -106,11 +108,10 @@ def decode_tensor(data: bytes | str, spec: TensorSpec, limits: Limits) -> np.nda
     if objects > limits.max_tensor_elements:
         raise PayloadTooLarge(f"field {spec.name!r} has up to {objects} JSON values; the "
                               f"limit is {limits.max_tensor_elements} (max_json_elements)")
+    # One large parse at a time per process bounds the peak memory of concurrent ones.
+    guard = _large_parses if len(text) > LARGE_JSON_CHARS else contextlib.nullcontext()
     try:
-        if len(text) > LARGE_JSON_CHARS:
-            with _large_parses:  # one large parse at a time per process bounds the peak
-                value = json.loads(text, parse_constant=_refuse_constant)
-        else:
+        with guard:
             value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError as exc:  # the C parser stops at Python's recursion limit, fast
         raise InvalidInput(f"field {spec.name!r}: JSON nested too deeply") from exc

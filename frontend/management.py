@@ -37,7 +37,7 @@ from flask import Flask, Response, jsonify, request
 
 from common import metrics
 from common.archive import ExtractionLimits, load_archive
-from common.config import Config
+from common.config import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL, Config
 from common.errors import Forbidden, InvalidInput, ModelNotFound
 from common.management_token import token_of
 from common.url_allowlist import parse_allowlist
@@ -48,9 +48,7 @@ from frontend.download import download
 from frontend.management_guard import allowed_host_names, check_host_and_origin, check_token
 
 MANAGE_TIMEOUT_S = 10.0
-MAX_WORKERS = 64  # per model, as the broker allows
 MAX_BATCH_SIZE = 1024
-MAX_BATCH_DELAY_MS = 10_000.0  # longer than any sane batching window; a typo otherwise
 SUMMARY_KEYS = ("status", "ready", "workers", "devices", "threads_per_worker",
                 "max_batch_size", "worker_max_batch_size", "max_batch_delay_ms", "queue",
                 "restarts", "batches", "mean_batch_size", "error")
@@ -146,7 +144,7 @@ def summary(name: str, model: dict[str, Any]) -> dict[str, Any]:
 
 
 SETTINGS_PROPERTIES: dict[str, Any] = {
-    "workers": {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS},
+    "workers": {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS_PER_MODEL},
     "max_batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE},
     "max_batch_delay_ms": {"type": "number", "minimum": 0, "maximum": MAX_BATCH_DELAY_MS},
 }

@@ -1,4 +1,5 @@
-"""The broker: one process per host between the frontends and the workers (docs/design.md, "Scheduling and back-pressure").
+"""The broker: one process per host between the frontends and the workers
+(docs/design.md, "Scheduling and back-pressure").
 
     python -m worker.broker        (configured through MXSERVE_* variables; see common.config)
 
@@ -37,9 +38,9 @@ import zmq
 
 from common import metrics
 from common.archive import ModelArchive, load_archive
-from common.config import (SECRET_ENV, Config, batching_for, broker_endpoints, load_config,
-                           max_frame_bytes, max_reply_frame_bytes, parse_model_spec,
-                           service_for)
+from common.config import (MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL, SECRET_ENV, Config,
+                           batching_for, broker_endpoints, load_config, max_frame_bytes,
+                           max_reply_frame_bytes, parse_model_spec, service_for)
 from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
                            InvalidInput, ModelNotFound, MXServeError, ProtocolError,
                            ServiceUnavailable)
@@ -647,15 +648,15 @@ class Broker:
                             message.kind.name, len(message.items))
                 continue
             item = message.items[0]
-            send_frames(self.management, [identity, *to_frames(Message(Kind.REPLY, {}, [
-                Item(item.id, self._on_manage(item.fields))]))])
+            self._send_frontend(identity, Message(Kind.REPLY, {}, [
+                Item(item.id, self._on_manage(item.fields))]), self.management)
 
     def _on_request(self, frontend: bytes, message: Message, item: Item) -> None:
         now = time.monotonic()
         name = typed_field(message.fields, "model", str, "")
         model = self.models.get(name)
         budget_s = float(typed_field(item.fields, "budget_ms", (int, float),
-                               self.config.request_timeout_s * 1000))
+                                     self.config.request_timeout_s * 1000))
         if not budget_s > 0:  # NaN and negatives included
             raise ProtocolError("budget_ms must be a positive number")
         pending = Pending(frontend, item, now + min(budget_s / 1000.0,
@@ -784,9 +785,11 @@ class Broker:
         self._send_frontend(pending.frontend, Message(Kind.REPLY, {}, [
             Item(pending.item.id, {"error": fields})]))
 
-    def _send_frontend(self, identity: bytes, message: Message) -> None:
+    def _send_frontend(self, identity: bytes, message: Message,
+                       socket: zmq.Socket | None = None) -> None:
+        """A reply to a frontend thread (on the request socket unless `socket` is given)."""
         try:
-            send_frames(self.frontends, [identity, *to_frames(message)])
+            send_frames(socket or self.frontends, [identity, *to_frames(message)])
         except zmq.ZMQError as exc:  # EHOSTUNREACH: that frontend thread's socket is gone
             log.info("reply to a departed frontend dropped: %s", exc)
 
@@ -799,8 +802,6 @@ class Broker:
             return False
 
 
-MAX_WORKERS_PER_MODEL = 64
-MAX_BATCH_DELAY_MS = 10_000.0
 
 
 def _worker_count(value: Any) -> int:
