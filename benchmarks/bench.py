@@ -46,8 +46,8 @@ import signal
 import socket
 import statistics
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from common.proctree import cpu_seconds, descendants, pss_bytes  # noqa: E402
+from mxserve.common.proctree import cpu_seconds, descendants, pss_bytes  # noqa: E402
 
 LUA = ROOT / "benchmarks" / "multipart.lua"
 MIB = 1024 * 1024
@@ -83,10 +83,10 @@ def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
     os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if variant == "mkldnn" else "NONE"
     import mxnet as mx
 
-    from common.archive import load_archive
-    from frontend.decode import Limits, decode_image
-    from worker.predictor import BucketedPredictor
-    from worker.services.vision import images_to_batch
+    from mxserve.common.archive import load_archive
+    from mxserve.frontend.decode import Limits, decode_image
+    from mxserve.worker.predictor import BucketedPredictor
+    from mxserve.worker.services.vision import images_to_batch
 
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
@@ -115,10 +115,10 @@ def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: 
     os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if variant == "mkldnn" else "NONE"
     import mxnet as mx
 
-    from common.archive import load_archive
-    from frontend.decode import Limits, decode_image
-    from worker.predictor import BucketedPredictor
-    from worker.services.vision import images_to_batch
+    from mxserve.common.archive import load_archive
+    from mxserve.frontend.decode import Limits, decode_image
+    from mxserve.worker.predictor import BucketedPredictor
+    from mxserve.worker.services.vision import images_to_batch
 
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
@@ -265,11 +265,11 @@ class Stack:
         token_file.write_text(self.token)
         token_file.chmod(0o600)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "start", "--models", f"{name}={archive}",
+            [sys.executable, "-m", "mxserve.instance.cli", "start", "--models", f"{name}={archive}",
              "--port", str(self.port), "--log-level", "WARNING",
              "--management-port", self.management_url.rsplit(":", 1)[1],
              "--management-token-file", str(token_file), *extra],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            cwd=ROOT, env=dict(os.environ),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready(self.url + "/ping", name)
         self._wait_all_workers(name)
@@ -325,7 +325,7 @@ class PlainFlask(Stack):
     frontend's process and thread counts, and nothing behind it."""
 
     def __init__(self) -> None:  # not super().__init__: that would start mxserve
-        from common.config import load_config
+        from mxserve.common.config import load_config
 
         config = load_config({})
         self.port = free_port()

@@ -34,8 +34,8 @@ def _predictor() -> object:
     sys.path.insert(0, str(ROOT))
     import mxnet as mx
 
-    from common.archive import load_archive
-    from worker.predictor import BucketedPredictor
+    from mxserve.common.archive import load_archive
+    from mxserve.worker.predictor import BucketedPredictor
 
     archive = load_archive(ARCHIVE, tempfile.mkdtemp(prefix="decode-placement-"))
     spec = archive.signature.inputs[0]
@@ -47,15 +47,15 @@ def _predictor() -> object:
 
 def _decoder():  # type: ignore[no-untyped-def]
     sys.path.insert(0, str(ROOT))
-    from common import images
-    from common.signature import TensorSpec
+    from mxserve.common import images
+    from mxserve.common.signature import TensorSpec
 
     data, spec = PHOTO.read_bytes(), TensorSpec("data", (1, 3, 224, 224))
     return lambda: images.decode_image(data, spec, 16_000_000)
 
 
 def _as_batch(pixels):  # type: ignore[no-untyped-def]
-    from worker.services.vision import images_to_batch
+    from mxserve.worker.services.vision import images_to_batch
 
     return images_to_batch([pixels])
 

@@ -24,7 +24,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from common.proctree import descendants, rss_bytes  # noqa: E402
+from mxserve.common.proctree import descendants, rss_bytes  # noqa: E402
 from tests.server_harness import Server  # noqa: E402
 
 MIB = 1024 * 1024

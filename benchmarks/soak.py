@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import INPUTS, LUA, ROOT, Stack  # noqa: E402
 
-from common.proctree import pss_bytes, role  # noqa: E402
+from mxserve.common.proctree import pss_bytes, role  # noqa: E402
 
 MIB = 1024 * 1024
 GROWTH_LIMIT_MIB = 50

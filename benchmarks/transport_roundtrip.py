@@ -34,7 +34,7 @@ def _echo_socket(sock: socket.socket) -> None:
 def _echo_router(endpoint: str, protocol_aware: bool) -> None:
     import zmq
 
-    from common.protocol import Item, Kind, Message, from_frames, to_frames
+    from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames
 
     router = zmq.Context().socket(zmq.ROUTER)
     router.bind(endpoint)
@@ -73,7 +73,7 @@ def main() -> None:
     import numpy as np
     import zmq
 
-    from frontend.broker_client import BrokerClient
+    from mxserve.frontend.broker_client import BrokerClient
 
     results = []
     ours, theirs = socket.socketpair()

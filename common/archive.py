@@ -20,9 +20,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import ArchiveError
-from common.manifest import Manifest, parse_manifest, validate_model_name
-from common.signature import Signature, parse_signature
+from mxserve.common.errors import ArchiveError
+from mxserve.common.manifest import Manifest, parse_manifest, validate_model_name
+from mxserve.common.signature import Signature, parse_signature
 
 MANIFEST_NAME = "MANIFEST.json"
 SYNSET_NAME = "synset.txt"

@@ -15,12 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from common.errors import InvalidInput, MXServeError
-from common.url_allowlist import parse_allowlist
-
-
-class ConfigError(MXServeError):
-    type = "InvalidInput"
+from mxserve.common.errors import ConfigError, InvalidInput
+from mxserve.common.url_allowlist import parse_allowlist
 
 
 def _positive(value: Any) -> bool:
@@ -327,7 +323,7 @@ def validate(config: Config) -> None:
     except InvalidInput as exc:
         raise ConfigError(exc.message) from exc
     if config.log_rotation_time:
-        from common.logs import parse_rotation
+        from mxserve.common.logs import parse_rotation
 
         if not config.log_file:
             raise ConfigError("log_rotation_time needs log_file")

@@ -116,6 +116,12 @@ class ArchiveError(MXServeError):
     type = "ArchiveError"
 
 
+class ConfigError(MXServeError):
+    """A setting, flag or settings file is unusable; the process exits with EXIT_BAD_CONFIG."""
+
+    type = "InvalidInput"
+
+
 class ProtocolError(MXServeError):
     """A wire message could not be decoded; logged, counted and dropped, never sent to clients."""
 

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from common.signature import TensorSpec
+from mxserve.common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from mxserve.common.signature import TensorSpec
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ import logging
 import logging.handlers
 import sys
 
-from common.config import ConfigError
+from mxserve.common.errors import ConfigError
 
 WHEN = {"S", "M", "H", "D", "MIDNIGHT"} | {f"W{d}" for d in range(7)}
 

@@ -15,8 +15,9 @@ import secrets
 import stat
 from pathlib import Path
 
-from common.config import MIN_TOKEN_CHARS, Config, ConfigError
-from common.private_files import write_private
+from mxserve.common.config import MIN_TOKEN_CHARS, Config
+from mxserve.common.errors import ConfigError
+from mxserve.common.private_files import write_private
 
 log = logging.getLogger("mxserve")
 

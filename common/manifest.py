@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from common.errors import ArchiveError
+from mxserve.common.errors import ArchiveError
 
 _VERSION = {"type": ["number", "string"]}
 _FILE_NAME = {"type": "string", "minLength": 1}

@@ -13,7 +13,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from common.errors import InvalidInput
+from mxserve.common.errors import InvalidInput
 
 
 def new_run_dir() -> Path:

@@ -83,8 +83,8 @@ def role(pid: int) -> str:
     """Which part of an mxserve instance a process is, from its command line."""
     line = cmdline(pid)
     for marker, name in (("worker.broker", "broker"), ("worker.forkserver", "fork server"),
-                         ("-m worker", "worker"),
-                         ("gunicorn", "gunicorn"), ("common.cli start", "launcher")):
+                         ("worker --archive", "worker"),
+                         ("gunicorn", "gunicorn"), ("mxserve.instance.cli start", "launcher")):
         if marker in line:
             return name
     return line[:40]

@@ -34,7 +34,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import msgpack
 import numpy as np
 
-from common.errors import ProtocolError
+from mxserve.common.errors import ProtocolError
 
 VERSION = 1
 TAG = b"MXS" + bytes([VERSION])

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import ArchiveError
+from mxserve.common.errors import ArchiveError
 
 IMAGE_JPEG = "image/jpeg"
 APPLICATION_JSON = "application/json"

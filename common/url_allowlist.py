@@ -13,7 +13,7 @@ import re
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from common.errors import InvalidInput
+from mxserve.common.errors import InvalidInput
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")

@@ -17,8 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common.errors import InvalidInput  # noqa: E402
-from frontend import ServingFrontend  # noqa: E402
+from mxserve.common.errors import InvalidInput  # noqa: E402
+from mxserve.instance import ServingFrontend  # noqa: E402
 
 LABELS_API = {
     "/digits/labels": {

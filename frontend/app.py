@@ -1,6 +1,6 @@
 """The Flask app factory gunicorn serves: routes, request decoding, the error table in HTTP.
 
-    gunicorn -k gthread 'frontend.app:create_app()'   (configured by MXSERVE_* variables)
+    gunicorn -k gthread 'mxserve.frontend.app:create_app()'   (configured by MXSERVE_* variables)
 
 Routes (docs/design.md, "HTTP API and errors"): POST /<model>/predict (answered before
 Flask by frontend/predict.py, the one hot path), GET /ping and GET / (200 only when every
@@ -19,20 +19,33 @@ from typing import Any, Callable, Sequence
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from common.config import Config, load_config, max_reply_frame_bytes
-from common.images import warm_up
-from common.import_pages import settle_before_forking
-from common.errors import (InternalServerError, InvalidInput, MethodNotAllowed, ModelNotFound,
-                           MXServeError, PayloadTooLarge, UnsupportedMediaType)
-from common.logs import setup_logging
-from frontend.admission import CLIENT_LIMITS_KEY, QUEUE_TIMEOUT_KEY, ClientLimits, waited_s
-from frontend.broker_client import BrokerClient
-from frontend.catalog import Catalog
-from frontend.decode import Limits
-from frontend.exchange import Exchange, error_answer, log_access, next_wire_id, request_id_for
-from frontend.management import add_management_routes
-from frontend.openapi import build_spec
-from frontend.predict import PredictRoute
+from mxserve.common.config import Config, load_config, max_reply_frame_bytes
+from mxserve.common.errors import (
+    InternalServerError,
+    InvalidInput,
+    MethodNotAllowed,
+    ModelNotFound,
+    MXServeError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from mxserve.common.images import warm_up
+from mxserve.common.import_pages import settle_before_forking
+from mxserve.common.logs import setup_logging
+from mxserve.frontend.admission import CLIENT_LIMITS_KEY, QUEUE_TIMEOUT_KEY, ClientLimits, waited_s
+from mxserve.frontend.broker_client import BrokerClient
+from mxserve.frontend.catalog import Catalog
+from mxserve.frontend.decode import Limits
+from mxserve.frontend.exchange import (
+    Exchange,
+    error_answer,
+    log_access,
+    next_wire_id,
+    request_id_for,
+)
+from mxserve.frontend.management import add_management_routes
+from mxserve.frontend.openapi import build_spec
+from mxserve.frontend.predict import PredictRoute
 
 log = logging.getLogger("frontend")
 
@@ -60,7 +73,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
                process_name: str = "frontend") -> Flask:
     config = config or load_config()
     setup_logging(config.log_level, config.log_file, process_name)
-    app = Flask("mxserve")
+    app = Flask(__name__)  # its package gives Flask the root path it needs
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = config.max_form_parts
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_body_bytes

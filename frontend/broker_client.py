@@ -26,11 +26,15 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.errors import (DeadlineExceeded, InternalServerError, MXServeError,
-                           ServiceUnavailable, error_from_wire)
-from common.protocol import ANSWER, Item, Kind, Message, from_frames, to_frames
-from common.transport import NOBLOCK, recv_frames, send_frames
-
+from mxserve.common.errors import (
+    DeadlineExceeded,
+    InternalServerError,
+    MXServeError,
+    ServiceUnavailable,
+    error_from_wire,
+)
+from mxserve.common.protocol import ANSWER, Item, Kind, Message, from_frames, to_frames
+from mxserve.common.transport import NOBLOCK, recv_frames, send_frames
 
 CONNECT_WAIT_MS = 250  # ipc connects in well under a millisecond; tcp on a LAN in a few
 # While the watch says the broker is down (or just came back), a waiting thread looks at its

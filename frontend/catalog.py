@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from common.signature import Signature, parse_signature
-from frontend.broker_client import BrokerClient
+from mxserve.common.signature import Signature, parse_signature
+from mxserve.frontend.broker_client import BrokerClient
 
 CATALOG_TTL_S = 2.0
 CATALOG_TIMEOUT_S = 1.0  # /ping must answer within a second even when the broker is gone

@@ -12,18 +12,17 @@ numbers only, a shape that matches the signature (0 = any; a missing batch axis 
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import json
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
-from common import images
-from common.errors import InvalidInput, PayloadTooLarge
-from common.signature import Signature, TensorSpec
-
+from mxserve.common import images
+from mxserve.common.errors import InvalidInput, PayloadTooLarge
+from mxserve.common.signature import Signature, TensorSpec
 
 LARGE_JSON_CHARS = 64 * 1024
 _large_parses = threading.Lock()

@@ -16,8 +16,8 @@ import tempfile
 import time
 from urllib.parse import urljoin
 
-from common.errors import InvalidInput, PayloadTooLarge
-from common.url_allowlist import AllowedPrefix, Target, check_url, without_query
+from mxserve.common.errors import InvalidInput, PayloadTooLarge
+from mxserve.common.url_allowlist import AllowedPrefix, Target, check_url, without_query
 
 log = logging.getLogger("frontend")
 

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from common import metrics
-from common.errors import MXServeError, ServiceUnavailable, Unauthorized
+from mxserve.common import metrics
+from mxserve.common.errors import MXServeError, ServiceUnavailable, Unauthorized
 
 log = logging.getLogger("frontend")
 access_log = logging.getLogger("access")

@@ -20,8 +20,8 @@ from typing import Any
 
 import multipart
 
-from common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from frontend.decode import Field
+from mxserve.common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from mxserve.frontend.decode import Field
 
 MULTIPART = "multipart/form-data"
 URLENCODED = "application/x-www-form-urlencoded"

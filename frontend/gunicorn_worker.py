@@ -48,12 +48,18 @@ from typing import Any
 from gunicorn import http, util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from common import metrics
-from common.errors import (HeaderFieldsTooLarge, InternalServerError, InvalidInput,
-                           NotImplementedByServer, RequestTimeout, ServiceUnavailable,
-                           URITooLong)
-from frontend import admission
-from frontend.request_reader import CONTINUE, progress, without_expect
+from mxserve.common import metrics
+from mxserve.common.errors import (
+    HeaderFieldsTooLarge,
+    InternalServerError,
+    InvalidInput,
+    NotImplementedByServer,
+    RequestTimeout,
+    ServiceUnavailable,
+    URITooLong,
+)
+from mxserve.frontend import admission
+from mxserve.frontend.request_reader import CONTINUE, progress, without_expect
 
 HEALTH_THREADS = 2
 SWITCH_INTERVAL_S = 0.002

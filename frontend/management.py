@@ -35,17 +35,17 @@ from typing import Any, Callable, Iterator
 import jsonschema
 from flask import Flask, Response, jsonify, request
 
-from common import metrics
-from common.archive import ExtractionLimits, load_archive
-from common.config import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL, Config
-from common.errors import Forbidden, InvalidInput, ModelNotFound
-from common.management_token import token_of
-from common.url_allowlist import parse_allowlist
-from frontend.admission import listener
-from frontend.broker_client import BrokerClient
-from frontend.catalog import Catalog
-from frontend.download import download
-from frontend.management_guard import allowed_host_names, check_host_and_origin, check_token
+from mxserve.common import metrics
+from mxserve.common.archive import ExtractionLimits, load_archive
+from mxserve.common.config import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL, Config
+from mxserve.common.errors import Forbidden, InvalidInput, ModelNotFound
+from mxserve.common.management_token import token_of
+from mxserve.common.url_allowlist import parse_allowlist
+from mxserve.frontend.admission import listener
+from mxserve.frontend.broker_client import BrokerClient
+from mxserve.frontend.catalog import Catalog
+from mxserve.frontend.download import download
+from mxserve.frontend.management_guard import allowed_host_names, check_host_and_origin, check_token
 
 MANAGE_TIMEOUT_S = 10.0
 MAX_BATCH_SIZE = 1024

@@ -16,7 +16,7 @@ import ipaddress
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from common.errors import Forbidden, Unauthorized
+from mxserve.common.errors import Forbidden, Unauthorized
 
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 

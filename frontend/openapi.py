@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from common.signature import Signature
+from mxserve.common.signature import Signature
 
 HEALTH = {"type": "object", "properties": {"health": {"type": "string"}}}
 ERROR = {"type": "object", "required": ["code", "type", "message"],

@@ -21,15 +21,21 @@ from typing import Any, Callable, Iterable
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
-from common.config import FRONTEND_WAIT_MARGIN_S, Config
-from common.errors import InternalServerError, ModelNotFound, MXServeError
-from frontend.admission import waited_s
-from frontend.broker_client import BrokerClient
-from frontend.catalog import Catalog
-from frontend.decode import Limits, decode_inputs
-from frontend.exchange import (Exchange, error_answer, log_access, next_wire_id,
-                               record_prediction, request_id_for)
-from frontend.form import FormLimits, read_fields
+from mxserve.common.config import FRONTEND_WAIT_MARGIN_S, Config
+from mxserve.common.errors import InternalServerError, ModelNotFound, MXServeError
+from mxserve.frontend.admission import waited_s
+from mxserve.frontend.broker_client import BrokerClient
+from mxserve.frontend.catalog import Catalog
+from mxserve.frontend.decode import Limits, decode_inputs
+from mxserve.frontend.exchange import (
+    Exchange,
+    error_answer,
+    log_access,
+    next_wire_id,
+    record_prediction,
+    request_id_for,
+)
+from mxserve.frontend.form import FormLimits, read_fields
 
 log = logging.getLogger("frontend")
 

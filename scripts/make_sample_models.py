@@ -31,7 +31,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common.export import export_model  # noqa: E402
+from mxserve.instance.export import export_model  # noqa: E402
 
 SEED = 0
 DIGITS_SIZE = 32

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.proctree import descendants, role, rss_bytes  # noqa: E402
+from mxserve.common.proctree import descendants, role, rss_bytes  # noqa: E402
 from tests.server_harness import Server  # noqa: E402
 
 RSS_GROWTH_LIMIT_MIB = 100
@@ -161,7 +161,7 @@ async def run_phase(server: Server, connections: int, minutes: float, malformed:
                     rss[pid][minute] = max(rss[pid].get(minute, 0.0), value)
             next_sample = now + 10
         if now >= next_kill:
-            workers = server.processes("-m worker --archive")
+            workers = server.processes("worker --archive")
             if workers:
                 os.kill(workers[kills % len(workers)], signal.SIGKILL)
                 kills += 1

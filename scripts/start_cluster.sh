@@ -67,7 +67,7 @@ start() {
   . "$run_dir/settings.env"
   keep_token_out_of_the_environment
   # Refuse a bad configuration here, with its message, before supervisord starts anything.
-  "$python" -m common.cli config --show > "$run_dir/effective-config.toml"
+  "$python" -m mxserve.instance.cli config --show > "$run_dir/effective-config.toml"
   local drain port
   drain="$(awk -F' *= *' '/^drain_timeout_s/ {print int($2)}' "$run_dir/effective-config.toml")"
   port="$(awk -F' *= *' '/^port/ {print $2; exit}' "$run_dir/effective-config.toml" | cut -d' ' -f1)"

@@ -14,7 +14,7 @@ from typing import Callable
 
 import requests
 
-from common.proctree import alive, cmdline, descendants  # noqa: F401 (re-exported for tests)
+from mxserve.common.proctree import alive, cmdline, descendants  # noqa: F401 (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,11 +74,11 @@ class Server:
             token_file.chmod(0o600)
             extra = (*extra, "--management-token-file", str(token_file))
             self.admin_headers = {"Authorization": f"Bearer {token}"}
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
+        env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
         self.log_path = tmp / f"mxserve-test-{self.port}.log"
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "start", "--models", *models,
+            [sys.executable, "-m", "mxserve.instance.cli", "start", "--models", *models,
              "--port", str(self.port), "--frontend-workers", str(frontend_workers), *extra],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -100,7 +100,7 @@ class Server:
 
     def catalog(self, timeout_s: float = 5.0) -> dict:
         """The broker's catalog (workers ready, restarts, errors), asked over its own socket."""
-        from frontend.broker_client import BrokerClient
+        from mxserve.frontend.broker_client import BrokerClient
 
         return BrokerClient(f"ipc://{self.run_dir()}/frontends.sock").catalog(timeout_s)
 

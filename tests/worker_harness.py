@@ -1,5 +1,5 @@
 """A broker stand-in for worker tests: a real ROUTER socket speaking the real protocol to
-real worker processes (`python -m worker`). The real broker is tested in its own suite."""
+real worker processes (`python -m mxserve.worker`). The real broker is tested in its own suite."""
 from __future__ import annotations
 
 import itertools
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq
 
-from common.protocol import Item, Kind, Message, from_frames, to_frames
+from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,9 +30,10 @@ class BrokerStub:
 
     def start_worker(self, archive: Path, *extra: str, max_batch_size: int = 8,
                      stderr=subprocess.PIPE, **env_vars: str) -> subprocess.Popen:
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env_vars)
+        env = dict(os.environ, OMP_NUM_THREADS="1", **env_vars)
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--archive", str(archive), "--broker", self.endpoint,
+            [sys.executable, "-m", "mxserve.worker", "--archive", str(archive),
+             "--broker", self.endpoint,
              "--max-batch-size", str(max_batch_size), "--extract-dir", str(self.extract_dir),
              "--heartbeat-interval", "0.2", *extra],
             cwd=ROOT, env=env, stderr=stderr)

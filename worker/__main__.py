@@ -1,6 +1,6 @@
-"""`python -m worker ...`: run one worker process (see worker.main)."""
+"""`python -m mxserve.worker ...`: run one worker process (see worker.main)."""
 import sys
 
-from worker.main import main
+from mxserve.worker.main import main
 
 sys.exit(main())

@@ -17,10 +17,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.errors import (DeadlineExceeded, InternalServerError, InvalidInput, ModelError,
-                           MXServeError)
-from common.protocol import ANSWER, Item, answer_json
-from common.signature import Signature, TensorSpec
+from mxserve.common.errors import (
+    DeadlineExceeded,
+    InternalServerError,
+    InvalidInput,
+    ModelError,
+    MXServeError,
+)
+from mxserve.common.protocol import ANSWER, Item, answer_json
+from mxserve.common.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +115,7 @@ def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
 
 def decode_sent_image(data: np.ndarray, spec: TensorSpec, limits: Any) -> np.ndarray:
     """A JPEG/PNG sent as its bytes (1-D uint8) -> H x W x C uint8, as the frontend would."""
-    from common import images  # Pillow and OpenCV: only workers of image models load them
+    from mxserve.common import images  # Pillow and OpenCV: only workers of image models load them
 
     if not isinstance(limits, dict) or data.dtype != np.uint8 or data.ndim != 1:
         raise InvalidInput(f"input {spec.name!r}: an encoded image must be 1-D uint8 bytes "

@@ -1,7 +1,7 @@
 """The broker: one process per host between the frontends and the workers
 (docs/design.md, "Scheduling and back-pressure").
 
-    python -m worker.broker        (configured through MXSERVE_* variables; see common.config)
+    python -m mxserve.worker.broker    (configured by MXSERVE_* variables; see common/config.py)
 
 Two ROUTER sockets, both with ROUTER_MANDATORY (a send to a vanished peer fails loudly
 instead of being dropped): frontends (DEALER, one per frontend thread) send REQUEST and
@@ -36,21 +36,39 @@ from typing import Any, Iterable, Iterator
 
 import zmq
 
-from common import metrics
-from common.archive import ModelArchive, load_archive
-from common.config import (MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL, SECRET_ENV, Config,
-                           batching_for, broker_endpoints, load_config, max_frame_bytes,
-                           max_reply_frame_bytes, parse_model_spec, service_for)
-from common.errors import (EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, DeadlineExceeded,
-                           InvalidInput, ModelNotFound, MXServeError, ProtocolError,
-                           ServiceUnavailable)
-from common.logs import setup_logging
-from common.parent_death import become_subreaper
-from common.private_files import private_dir
-from common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
-from common.transport import NOBLOCK, has_message, recv_frames, send_frames
-from worker.pool import WorkerPool, plan_workers
-from worker.registry import Registry
+from mxserve.common import metrics
+from mxserve.common.archive import ModelArchive, load_archive
+from mxserve.common.child_processes import become_subreaper
+from mxserve.common.config import (
+    MAX_BATCH_DELAY_MS,
+    MAX_WORKERS_PER_MODEL,
+    SECRET_ENV,
+    Config,
+    batching_for,
+    broker_endpoints,
+    load_config,
+    max_frame_bytes,
+    max_reply_frame_bytes,
+    parse_model_spec,
+    service_for,
+)
+from mxserve.common.errors import (
+    EXIT_BAD_CONFIG,
+    EXIT_CRASH,
+    EXIT_OK,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    MXServeError,
+    ProtocolError,
+    ServiceUnavailable,
+)
+from mxserve.common.logs import setup_logging
+from mxserve.common.private_files import private_dir
+from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
+from mxserve.common.transport import NOBLOCK, has_message, recv_frames, send_frames
+from mxserve.worker.pool import WorkerPool, plan_workers
+from mxserve.worker.registry import Registry
 
 log = logging.getLogger("broker")
 

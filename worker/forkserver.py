@@ -2,13 +2,13 @@
 
 `import mxnet` costs every process ~200 MB resident, 74 MB of it Python objects (the
 generated operator wrappers) that no worker ever writes to. A worker started as a fresh
-`python -m worker` holds its own copy; forked from a server that imported everything and
+`python -m mxserve.worker` holds its own copy; forked from a server that imported everything and
 froze its objects out of the cyclic collector (`gc.freeze`), the workers share those pages.
 Measured, `mxserve start` with resnet18 and two CPU workers, PSS of every process at idle:
 701 MiB with fresh workers (`--no-fork-workers`), 642 MiB forked (the server's own share
 included).
 
-    python -m worker.forkserver FD     (started by the broker's WorkerPool; FD: a listening
+    python -m mxserve.worker.forkserver FD     (started by the broker's WorkerPool; FD: a listening
                                         unix socket at <run_dir>/forkserver.sock)
 
 The broker's side is `ForkServer`: `spawn(argv, env, title)` asks for a worker over the
@@ -31,7 +31,7 @@ own.
 Safety of forking after `import mxnet`: the server runs no operator, so no engine or OpenMP
 threads exist to be lost in a fork; MXNet's own fork handlers cover the rest.
 
-Workers outlive the server. The broker is a child subreaper (common/parent_death.py), so
+Workers outlive the server. The broker is a child subreaper (common/child_processes.py), so
 when the server dies the kernel re-parents its workers to the broker: `ForkServer` then
 marks them adopted and their `ForkedProcess` reaps them with waitpid, like any child. They
 keep serving while a new server is started for later forks. A worker whose parent changes
@@ -52,8 +52,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from common.import_pages import settle_before_forking
-from common.proctree import alive
+from mxserve.common.import_pages import settle_before_forking
+from mxserve.common.proctree import alive
 
 log = logging.getLogger("worker.forkserver")
 
@@ -170,9 +170,9 @@ def _import_worker_code() -> None:
     import numpy  # noqa: F401
     import zmq  # noqa: F401  (the module only: no context exists before a fork)
 
-    import common.images  # noqa: F401  (Pillow and OpenCV: CPU workers decode images)
-    import worker.main  # noqa: F401
-    import worker.services.loader  # noqa: F401
+    import mxserve.common.images  # noqa: F401  (Pillow and OpenCV: CPU workers decode images)
+    import mxserve.worker.main  # noqa: F401
+    import mxserve.worker.services.loader  # noqa: F401
 
     try:  # imported (and so set up) before any fork, while argv and environ are pristine
         import setproctitle  # noqa: F401
@@ -209,7 +209,7 @@ def _run_worker(request: dict[str, Any]) -> None:
         if setproctitle is not None:
             # What `ps` and /proc/<pid>/cmdline show: the worker's own command line.
             setproctitle.setproctitle(request["title"])
-        from worker.main import main
+        from mxserve.worker.main import main
 
         code = main(request["argv"])
     except SystemExit as exc:
@@ -230,7 +230,7 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    from common.logs import setup_logging
+    from mxserve.common.logs import setup_logging
 
     setup_logging(os.environ.get("MXSERVE_LOG_LEVEL", "INFO"),
                   os.environ.get("MXSERVE_LOG_FILE", ""), "forkserver")
@@ -299,7 +299,7 @@ class ForkServer:
 
     def __init__(self, env: dict[str, str], start: Callable[..., Any], path: Path) -> None:
         """`env`: the environment forked workers must have; `start(argv, env, pass_fds,
-        die_with_parent)`: how to start the server process (worker.pool.spawn); `path`:
+        dies_with_parent)`: how to start it (common.child_processes.spawn); `path`:
         its socket, in the run directory."""
         self.env = env
         self._start = start
@@ -343,9 +343,9 @@ class ForkServer:
             listener.bind(str(self.path))
             listener.listen(4)
             # Not tied to the broker's life (no PDEATHSIG): it must outlive a crash.
-            self._process = self._start([sys.executable, "-m", "worker.forkserver",
+            self._process = self._start([sys.executable, "-m", "mxserve.worker.forkserver",
                                          str(listener.fileno())], self.env,
-                                        pass_fds=(listener.fileno(),), die_with_parent=False)
+                                        pass_fds=(listener.fileno(),), dies_with_parent=False)
         finally:
             listener.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,6 +1,6 @@
 """The worker process: one model on one device, serving batches from a broker.
 
-    python -m worker --archive digits.model --broker ipc:///run/mxserve/workers [--gpu 0]
+    python -m mxserve.worker --archive digits.model --broker ipc:///run/mxserve/workers [--gpu 0]
 
 Lifecycle:
   1. Set the OpenMP thread count (before mxnet is imported), load and validate the
@@ -30,13 +30,13 @@ import sys
 import time
 from typing import Any
 
-from common.config import BY_NAME, MIN_FRAME_BYTES
-from common.logs import setup_logging
-from common.parent_death import die_with_parent
-from common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
-from common.protocol import Kind, Message, from_frames, to_frames
-from worker.batch import BatchTiming, run_batch  # numpy only: safe before OMP_NUM_THREADS
-from worker import lent_cores  # mxnet imported only when a batch runs wide
+from mxserve.common.child_processes import die_with_parent
+from mxserve.common.config import BY_NAME, MIN_FRAME_BYTES
+from mxserve.common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
+from mxserve.common.logs import setup_logging
+from mxserve.common.protocol import Kind, Message, from_frames, to_frames
+from mxserve.worker import lent_cores  # mxnet imported only when a batch runs wide
+from mxserve.worker.batch import BatchTiming, run_batch  # numpy only: safe before OMP_NUM_THREADS
 
 log = logging.getLogger("worker")
 
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         # Must precede the mxnet import: its OpenMP pool is sized once, at load.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     try:
-        from common.archive import load_archive
-        from worker.services.loader import load_service
+        from mxserve.common.archive import load_archive
+        from mxserve.worker.services.loader import load_service
 
         archive = load_archive(args.archive, args.extract_dir, name=args.model_name)
         args.max_batch_size = batch_size_within_memory(archive, args.max_batch_size,
@@ -112,7 +112,7 @@ def batch_size_within_memory(archive: Any, requested: int, budget_mb: float) -> 
     reports the result in READY, and the broker never sends it more."""
     if budget_mb <= 0 or requested <= 1:
         return requested
-    from worker.predictor import activation_bytes_per_sample
+    from mxserve.worker.predictor import activation_bytes_per_sample
 
     shapes = {spec.name: (1, *[d or 1 for d in spec.shape[1:]])
               for spec in archive.signature.inputs}
@@ -145,7 +145,7 @@ class Worker:
     def __init__(self, archive: Any, service: Any, args: argparse.Namespace) -> None:
         import zmq  # after any fork: nothing ZeroMQ exists before the process starts
 
-        from common import transport
+        from mxserve.common import transport
 
         self.zmq, self.transport = zmq, transport
         self.archive = archive
@@ -169,7 +169,7 @@ class Worker:
         self.threads = int(os.environ.get("OMP_NUM_THREADS") or cores) if lendable else 0
         self.lent_cores = lent_cores.install(self.threads)
         if archive.signature.is_image and args.gpu is None:
-            from common import images
+            from mxserve.common import images
 
             images.warm_up()  # CPU workers decode images (setting image_decode)
         predictor = getattr(service, "predictor", None)  # MXNet services' BucketedPredictor

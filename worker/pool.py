@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.parent_death import die_with_parent
-from common.errors import EXIT_MODEL_LOAD
-from worker.forkserver import ForkedProcess, ForkServer
+from mxserve.common.child_processes import spawn
+from mxserve.common.errors import EXIT_MODEL_LOAD
+from mxserve.worker.forkserver import ForkedProcess, ForkServer
 
 log = logging.getLogger(__name__)
 
@@ -92,29 +92,6 @@ def plan_workers(models: list[str], gpus: int = 0, gpu: int = -1, workers_per_mo
     threads = threads_per_worker or max(1, cores // max(total, 1))
     return [WorkerSpec(model=m, slot=i, gpu=d, threads=threads)
             for m in models for i, d in enumerate(devices)]
-
-
-def _own_group() -> None:
-    """Child-side, before exec: a process group of its own, so a terminal's Ctrl-C reaches
-    only the parent, which then stops the children in order (frontends drain before the
-    broker goes)."""
-    os.setpgid(0, 0)
-
-
-def _child_setup() -> None:
-    """Child-side, before exec: SIGTERM if the parent dies (no orphans), and its own group."""
-    die_with_parent(signal.SIGTERM)
-    _own_group()
-
-
-def spawn(argv: list[str], env: dict[str, str], die_with_parent: bool = True,
-          **kwargs) -> subprocess.Popen:
-    """Start a child in our process tree that dies with us (Linux), unless it is one that
-    must outlive a crash of ours (the fork server: it then stops itself)."""
-    preexec = None
-    if sys.platform.startswith("linux"):
-        preexec = _child_setup if die_with_parent else _own_group
-    return subprocess.Popen(argv, env=env, preexec_fn=preexec, **kwargs)
 
 
 @dataclass
@@ -218,7 +195,7 @@ class WorkerPool:
             worker.restart_at = now + FORK_SERVER_RETRY_S
             return
         worker.generation += 1
-        argv = [sys.executable, "-m", "worker", "--archive", str(self.archives[spec.model]),
+        argv = [sys.executable, "-m", "mxserve.worker", "--archive", str(self.archives[spec.model]),
                 "--model-name", spec.model, "--broker", self.broker_endpoint,
                 "--max-batch-size", str(self.max_batch_size[spec.model]),
                 "--batch-memory-mb", str(self.batch_memory_mb),

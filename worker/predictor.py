@@ -27,9 +27,9 @@ from typing import Sequence
 import mxnet as mx
 import numpy as np
 
-from common.errors import ArchiveError
-from worker import lent_cores
-from worker.batchnorm_folding import Fold, apply_folds, plan_folds
+from mxserve.common.errors import ArchiveError
+from mxserve.worker import lent_cores
+from mxserve.worker.batchnorm_folding import Fold, apply_folds, plan_folds
 
 log = logging.getLogger(__name__)
 

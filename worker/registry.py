@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from common.private_files import write_private
+from mxserve.common.private_files import write_private
 
 log = logging.getLogger("broker")
 

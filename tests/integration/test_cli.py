@@ -11,11 +11,11 @@ import pytest
 
 from tests.server_harness import ROOT, free_port
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+ENV = dict(os.environ)
 
 
 def mxserve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], env=ENV, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "mxserve.instance.cli", *args], env=ENV, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -60,7 +60,7 @@ def concurrently(calls):
 
 
 def worker_pids(server):
-    return server.processes("-m worker --archive")
+    return server.processes("worker --archive")
 
 
 def test_a_model_that_raises_for_one_input_fails_that_request_only(faulty):

@@ -11,7 +11,7 @@ import time
 import requests
 from openapi_spec_validator import validate
 
-from common.proctree import alive, cmdline, descendants
+from mxserve.common.proctree import alive, cmdline, descendants
 from tests.server_harness import ROOT, free_port, wait_healthy
 
 
@@ -21,7 +21,7 @@ def test_example_serves_its_endpoint_on_every_frontend_process_and_predicts(samp
     process = subprocess.Popen(
         [sys.executable, "examples/embed_digits.py", "--port", str(port),
          "--archive", str(sample_models["digits"])],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT, env=dict(os.environ),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_healthy(url, process, 120, lambda: process.stdout.read().decode())

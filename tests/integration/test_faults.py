@@ -5,13 +5,13 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import pytest
 import requests
 
-from common.proctree import parent
+from mxserve.common.proctree import parent
 from tests.server_harness import Server
 
 
@@ -31,11 +31,11 @@ def test_sigkill_of_a_busy_worker_under_32_connections_loses_no_request(sample_m
         image = (sample_models["resnet18"].parent / "examples" / "china.jpg").read_bytes()
         load = Load(f"{server.url}/resnet18/predict", {"data": image}, clients=32)
         time.sleep(3)  # both workers busy with full batches
-        workers = server.processes("-m worker --archive")
+        workers = server.processes("worker --archive")
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         killed = time.monotonic()
-        while not (set(server.processes("-m worker --archive")) - set(workers)
+        while not (set(server.processes("worker --archive")) - set(workers)
                    and server.catalog()["models"]["resnet18"]["ready"] == 2):
             assert time.monotonic() - killed < 60, "no replacement worker in 60 s"
             time.sleep(0.1)
@@ -47,7 +47,7 @@ def test_sigkill_of_a_busy_worker_under_32_connections_loses_no_request(sample_m
         log = server.log_text()
         assert "lost with" in log  # it really died with requests in flight
         assert f"(pid {workers[0]}) exited with -9; restarting" in log
-        [new] = set(server.processes("-m worker --archive")) - set(workers)
+        [new] = set(server.processes("worker --archive")) - set(workers)
         load_s = logged_at(log, f"ready for resnet18 on cpu (pid {new})") - logged_at(
             log, f"(pid {new}) for resnet18")
         print(f"killed worker replaced and ready {back_s:.1f}s after the kill (its model "

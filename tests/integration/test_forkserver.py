@@ -9,10 +9,10 @@ import time
 
 import requests
 
-from common.proctree import alive, parent
-from tests.server_harness import ROOT, Server, wait_gone
-from worker.forkserver import ForkServer
-from worker.pool import spawn
+from mxserve.common.child_processes import spawn
+from mxserve.common.proctree import alive, parent
+from mxserve.worker.forkserver import ForkServer
+from tests.server_harness import Server, wait_gone
 
 
 def predict_digit(server: Server, image: bytes) -> int:
@@ -29,7 +29,7 @@ def test_workers_outlive_their_fork_server_and_lose_no_request(sample_models):
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
         [fork_server] = server.processes("worker.forkserver")
         [broker] = server.processes("worker.broker")
-        workers = server.processes("-m worker --archive")  # setproctitle: their own argv
+        workers = server.processes("worker --archive")  # setproctitle: their own argv
         assert len(workers) == 2 and all(parent(pid) == fork_server for pid in workers)
 
         stop, statuses = threading.Event(), []
@@ -64,7 +64,7 @@ def test_workers_outlive_their_fork_server_and_lose_no_request(sample_models):
         deadline = time.monotonic() + 60
         while True:
             assert time.monotonic() - deadline < 0, "the killed worker was not replaced"
-            new = set(server.processes("-m worker --archive")) - set(workers)
+            new = set(server.processes("worker --archive")) - set(workers)
             if (len(new) == 1 and parent(new.pop()) == servers[0]
                     and server.catalog()["models"]["digits"]["ready"] == 2):
                 break
@@ -83,7 +83,7 @@ def test_without_fork_workers_each_worker_is_a_fresh_process(sample_models):
         server.wait_ready()
         [broker] = server.processes("worker.broker")
         assert server.processes("worker.forkserver") == []
-        workers = server.processes("-m worker --archive")
+        workers = server.processes("worker --archive")
         assert len(workers) == 2 and all(parent(pid) == broker for pid in workers)
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
         assert predict_digit(server, image) == 200
@@ -110,7 +110,7 @@ def test_a_fork_server_outlives_a_crashed_broker_for_the_next_one(sample_models,
     """A broker SIGKILLed drops its connection: the server kills that broker's workers and
     serves the next broker at once (no second `import mxnet`); it exits once its socket
     path is gone."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     path = tmp_path / "forkserver.sock"
     first = started(ForkServer(env, spawn, path))
     server_pid = first._process.pid
@@ -135,7 +135,7 @@ def test_a_fork_server_outlives_a_crashed_broker_for_the_next_one(sample_models,
 
 
 def test_a_broker_with_another_environment_starts_its_own_fork_server(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     path = tmp_path / "forkserver.sock"
     first = started(ForkServer(env, spawn, path))
     old_pid = first._process.pid

@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from common.proctree import pss_bytes
+from mxserve.common.proctree import pss_bytes
 from tests.integration.test_server_http import assert_error, predict
 
 BOUNDARY = "mxserveboundary"
@@ -19,7 +19,7 @@ BOUNDARY = "mxserveboundary"
 
 @pytest.fixture(scope="module")
 def workers_before(server):
-    return server.processes("-m worker --archive")
+    return server.processes("worker --archive")
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def still_serving(server, reference, workers_before):
     image = (reference / "images" / "digit_2.jpg").read_bytes()
     ok = predict(server, "mms04_digits", files={"data": image})
     assert ok.status_code == 200 and ok.json()["prediction"][0][0]["class"] == "2"
-    assert server.processes("-m worker --archive") == workers_before
+    assert server.processes("worker --archive") == workers_before
 
 
 def raw(server, request: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
-from common.proctree import descendants
+from mxserve.common.errors import EXIT_BAD_CONFIG, EXIT_MODEL_LOAD
+from mxserve.common.proctree import descendants
 from tests.server_harness import ROOT, Server, wait_gone
 
 FAULTY = ROOT / "tests" / "data" / "services" / "faulty.py"
@@ -107,9 +107,9 @@ def test_sigkill_of_the_launcher_takes_every_child_down(sample_models):
 
 
 def run_start(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.cli", "start", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "mxserve.instance.cli", "start", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          env=dict(os.environ))
 
 
 def test_bad_configuration_exits_2_with_a_message(sample_models):
@@ -153,7 +153,7 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
     try:
         server.wait_ready()
         [broker] = server.processes("worker.broker")
-        [worker] = server.processes("-m worker --archive")
+        [worker] = server.processes("worker --archive")
         os.kill(worker, signal.SIGKILL)
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
         deadline = time.monotonic() + 30
@@ -166,7 +166,7 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
             time.sleep(0.2)
         assert response.status_code == 200
         assert response.json()["prediction"][0][0]["class"] == "0"
-        [replacement] = server.processes("-m worker --archive")
+        [replacement] = server.processes("worker --archive")
         assert replacement != worker
         assert "exited with -9; restarting" in server.log_text()
         catalog = server.catalog()
@@ -211,7 +211,7 @@ def test_models_that_cannot_load_are_failed_with_their_reason_and_the_others_ser
         assert refused.status_code == 503 and "shape" in refused.json()["message"].lower()
         time.sleep(2)  # a failed model is not restart-looped
         assert server.catalog()["models"]["hangs"]["restarts"] == 0
-        assert len(server.processes("-m worker --archive")) == 1
+        assert len(server.processes("worker --archive")) == 1
         print(errors)
     finally:
         assert server.stop() == 0

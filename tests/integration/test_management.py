@@ -67,7 +67,7 @@ def model(managed, name):
 
 
 def workers_of(managed, name):
-    return [pid for pid in managed.processes("-m worker --archive")
+    return [pid for pid in managed.processes("worker --archive")
             if f"--model-name {name} " in open(f"/proc/{pid}/cmdline").read().replace(
                 "\0", " ")]
 

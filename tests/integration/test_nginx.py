@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from common.config import load_config
-from common.nginx import render
+from mxserve.common.config import load_config
+from mxserve.instance.nginx import render
 from tests.conftest import DATA
 from tests.integration.test_server_http import assert_error
 from tests.server_harness import Server, free_port

@@ -117,13 +117,13 @@ def test_a_token_given_in_the_environment_stays_out_of_children(sample_models):
 
 
 def test_config_show_masks_the_token_and_help_works():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MXSERVE_MANAGEMENT_TOKEN="shown-nowhere-123456")
-    shown = subprocess.run([sys.executable, "-m", "common.cli", "config", "--show"], env=env,
-                           capture_output=True, text=True, timeout=60)
+    env = dict(os.environ, MXSERVE_MANAGEMENT_TOKEN="shown-nowhere-123456")
+    shown = subprocess.run([sys.executable, "-m", "mxserve.instance.cli", "config", "--show"],
+                           env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "shown-nowhere" not in shown.stdout
     assert re.search(r'^management_token += "\*+"', shown.stdout, re.M)
     for command in (["start", "-h"], ["config", "-h"], ["frontend", "-h"]):
-        helped = subprocess.run([sys.executable, "-m", "common.cli", *command], env=env,
+        helped = subprocess.run([sys.executable, "-m", "mxserve.instance.cli", *command], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert helped.returncode == 0 and "--management-token-file" in helped.stdout, command
         assert "--management-token " not in helped.stdout
@@ -139,10 +139,10 @@ def test_a_run_directory_planted_by_another_user_is_refused(sample_models, tmp_p
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     open_dir.chmod(0o777)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     for run_dir, why in ((planted, "another user"), (link, "symlink"), (open_dir, "open to")):
         started = subprocess.run(
-            [sys.executable, "-m", "common.cli", "start", "--models",
+            [sys.executable, "-m", "mxserve.instance.cli", "start", "--models",
              f"digits={sample_models['digits']}", "--run-dir", str(run_dir), "--port",
              str(free_port())], env=env, capture_output=True, text=True, timeout=60)
         assert started.returncode == 2 and why in started.stderr, started.stderr

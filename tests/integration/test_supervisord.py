@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from common.proctree import alive
+from mxserve.common.proctree import alive
 from tests.server_harness import ROOT, free_port
 
 SCRIPT = str(ROOT / "scripts" / "start_cluster.sh")

@@ -10,10 +10,10 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from common.errors import EXIT_MODEL_LOAD, EXIT_OK
-from common.protocol import Kind
-from common.signature import TensorSpec
-from frontend.decode import Limits, decode_image
+from mxserve.common.errors import EXIT_MODEL_LOAD, EXIT_OK
+from mxserve.common.protocol import Kind
+from mxserve.common.signature import TensorSpec
+from mxserve.frontend.decode import Limits, decode_image
 from tests.worker_harness import BrokerStub
 
 
@@ -119,7 +119,7 @@ def test_wrong_shape_and_expired_requests_fail_alone(broker, sample_models):
 
 def test_custom_service_written_the_mms04_way(broker, sample_models, tmp_path):
     """tests/data/custom_vision_service.py imports mms.* and overrides pre/post-process."""
-    from common.export import export_model
+    from mxserve.instance.export import export_model
     from tests.conftest import DATA
 
     archive = export_model("digits_custom", sample_models["digits"].parent / "src" / "digits",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common.archive import ExtractionLimits, load_archive
-from common.errors import ArchiveError
+from mxserve.common.archive import ExtractionLimits, load_archive
+from mxserve.common.errors import ArchiveError
 
 
 def reference_entries(reference: Path) -> dict[str, bytes]:

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from common.errors import ModelError
-from common.protocol import Item
-from common.signature import parse_signature
-from worker.batch import run_batch, to_wire
+from mxserve.common.errors import ModelError
+from mxserve.common.protocol import Item
+from mxserve.common.signature import parse_signature
+from mxserve.worker.batch import run_batch, to_wire
 
 SIGNATURE = parse_signature({
     "inputs": [{"data_name": "x", "data_shape": [0, 2]}], "input_type": "application/json",
@@ -116,8 +116,8 @@ def test_images_sent_encoded_are_decoded_as_the_frontend_would_and_bad_ones_fail
 
     from PIL import Image
 
-    from common import images
-    from worker.batch import BatchTiming
+    from mxserve.common import images
+    from mxserve.worker.batch import BatchTiming
 
     rng = np.random.default_rng(0)
     out = io.BytesIO()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.archive import load_archive
-from worker.main import batch_size_within_memory
+from mxserve.common.archive import load_archive
+from mxserve.worker.main import batch_size_within_memory
 
 
 @pytest.mark.parametrize("model, budget_mb, expected", [

@@ -6,7 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from worker.batchnorm_folding import apply_folds, plan_folds
+from mxserve.worker.batchnorm_folding import apply_folds, plan_folds
 
 
 def _params(symbol: mx.sym.Symbol, shape: tuple[int, ...], seed: int = 0):
@@ -104,8 +104,8 @@ def test_a_batchnorm_over_another_axis_is_left_alone():
 
 
 def test_the_predictor_folds_the_sample_resnet18_and_answers_the_same(sample_models, tmp_path):
-    from common.archive import load_archive
-    from worker.predictor import BucketedPredictor
+    from mxserve.common.archive import load_archive
+    from mxserve.worker.predictor import BucketedPredictor
 
     archive = load_archive(str(sample_models["resnet18"]), tmp_path)
     x = np.random.default_rng(0).uniform(0, 255, (3, 3, 224, 224)).astype(np.float32)

@@ -9,9 +9,9 @@ import time
 import pytest
 import zmq
 
-from common.errors import ServiceUnavailable
-from common.protocol import Item, Kind, Message, from_frames, to_frames
-from frontend.broker_client import BrokerClient
+from mxserve.common.errors import ServiceUnavailable
+from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames
+from mxserve.frontend.broker_client import BrokerClient
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.config import load_config
-from common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
-from common.errors import ProtocolError
-from worker.broker import Broker
+from mxserve.common.config import load_config
+from mxserve.common.errors import ProtocolError
+from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
+from mxserve.worker.broker import Broker
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats()

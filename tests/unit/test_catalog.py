@@ -6,8 +6,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from frontend import catalog as catalog_module
-from frontend.catalog import Catalog
+from mxserve.frontend import catalog as catalog_module
+from mxserve.frontend.catalog import Catalog
 
 SIGNATURE = {"input_type": "application/json", "output_type": "application/json",
              "inputs": [{"data_name": "data", "data_shape": [0, 4]}],

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from common.config import ConfigError, load_config
+from mxserve.common.config import load_config
+from mxserve.common.errors import ConfigError
 
 
 def test_defaults():
@@ -69,7 +70,7 @@ def test_where_images_are_decoded(cli, workers_decode):
 
 
 def test_per_model_batching_overrides():
-    from common.config import batching_for
+    from mxserve.common.config import batching_for
 
     config = load_config({"batching": ["resnet18=16:2.5", "digits=4"], "max_batch_size": 8},
                          env={})
@@ -83,7 +84,7 @@ def test_per_model_batching_overrides():
 
 
 def test_per_model_service_overrides():
-    from common.config import service_for
+    from mxserve.common.config import service_for
 
     config = load_config({"services": ["digits=/srv/digit_service.py:DigitService"],
                           "service": "/srv/all.py"}, env={})
@@ -96,7 +97,7 @@ def test_per_model_service_overrides():
 def test_docs_configuration_table_is_generated_from_the_settings():
     from pathlib import Path
 
-    from common.config import markdown_table
+    from mxserve.common.config import markdown_table
 
     text = (Path(__file__).resolve().parent.parent.parent / "docs" / "configuration.md").read_text()
     table = text.split("<!-- settings: begin -->\n")[1].split("<!-- settings: end -->")[0]
@@ -106,7 +107,7 @@ def test_docs_configuration_table_is_generated_from_the_settings():
 def test_show_is_a_toml_file_that_loads_back_to_the_same_config(tmp_path):
     import tomllib
 
-    from common.config import load_config, show
+    from mxserve.common.config import load_config, show
 
     config = load_config({"max_batch_size": 4, "models": ["a=b.model"], "jpeg_draft": True},
                          env={"MXSERVE_HOST": "::1"})

@@ -12,9 +12,9 @@ import pytest
 import sklearn
 from PIL import Image
 
-from common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from common.signature import parse_signature
-from frontend.decode import Field, Limits, decode_inputs
+from mxserve.common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from mxserve.common.signature import parse_signature
+from mxserve.frontend.decode import Field, Limits, decode_inputs
 
 PHOTOS = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images")
 IMAGE_SIG = parse_signature({"inputs": [{"data_name": "data", "data_shape": [1, 3, 224, 224]}],
@@ -175,8 +175,8 @@ def test_jpeg_draft_decodes_large_photos_at_reduced_scale_only():
 def test_binary_data_for_a_json_tensor_is_a_400_not_a_500():
     """Found by the fuzz test: a JPEG file sent to a JSON-tensor model raised
     UnicodeDecodeError (a 500)."""
-    from common.signature import TensorSpec
-    from frontend.decode import Limits, decode_tensor
+    from mxserve.common.signature import TensorSpec
+    from mxserve.frontend.decode import Limits, decode_tensor
 
     with pytest.raises(InvalidInput, match="JSON text"):
         decode_tensor(b"\xff\xd8\xff\xe0 not utf-8", TensorSpec("data", (1, 64)), Limits())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common import errors
+from mxserve.common import errors
 
 
 @pytest.mark.parametrize("cls, status", [

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from common.archive import load_archive
-from common.errors import ArchiveError
-from common.export import export_model
+from mxserve.common.archive import load_archive
+from mxserve.common.errors import ArchiveError
+from mxserve.instance.export import export_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def model_dir(reference, tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.cli", "export", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "mxserve.instance.cli", "export", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -5,9 +5,9 @@ import io
 
 import pytest
 
-from common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from frontend.decode import Field
-from frontend.form import FormLimits, read_fields
+from mxserve.common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from mxserve.frontend.decode import Field
+from mxserve.frontend.form import FormLimits, read_fields
 
 BOUNDARY = "b0undary"
 LIMITS = FormLimits(max_body_bytes=10_000, max_parts=4)

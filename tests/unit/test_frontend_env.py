@@ -1,5 +1,5 @@
 """gunicorn's environment: two malloc arenas unless the operator chose."""
-from worker.launcher import frontend_env
+from mxserve.instance.launcher import frontend_env
 
 
 def test_frontends_get_two_malloc_arenas_unless_set():

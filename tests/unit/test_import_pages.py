@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from common.import_pages import parse_smaps
+from mxserve.common.import_pages import parse_smaps
 
 SMAPS = """\
 7f0000000000-7f0000100000 r-xp 00010000 08:01 123  /lib/libmxnet.so
@@ -53,7 +53,7 @@ def test_a_process_keeps_working_after_its_import_pages_are_released():
     script = textwrap.dedent("""
         import json
         import numpy as np
-        from common.import_pages import read_regions, release_import_pages
+        from mxserve.common.import_pages import read_regions, release_import_pages
 
         def kib(releasable_only=False, path_part=""):
             return sum(r.kib.get("Rss", 0) for r in read_regions()

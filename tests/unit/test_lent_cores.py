@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from worker.broker import WorkerState, lendable_threads
-from worker.lent_cores import LEND_MIN_MS, LentCores
+from mxserve.worker.broker import WorkerState, lendable_threads
+from mxserve.worker.lent_cores import LEND_MIN_MS, LentCores
 
 
 def worker(name: str, threads: int = 1, busy_with: int = 0) -> WorkerState:
@@ -124,7 +124,7 @@ def test_warm_up_does_nothing_for_a_worker_never_lent(own, widest, forward_ms):
 
 
 def test_install_keeps_the_forward_times_measured_before_it():
-    from worker import lent_cores
+    from mxserve.worker import lent_cores
 
     before = lent_cores.install(0)
     before.observe(40.0)  # the service's warm-up, before the share is known

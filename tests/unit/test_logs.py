@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from common.config import ConfigError, load_config
-from common.logs import LogRotator, parse_rotation, setup_logging
+from mxserve.common.config import load_config
+from mxserve.common.errors import ConfigError
+from mxserve.common.logs import LogRotator, parse_rotation, setup_logging
 
 
 @pytest.mark.parametrize("text, parsed", [("1 H", (1, "H")), ("30 M", (30, "M")),

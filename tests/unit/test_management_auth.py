@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from common import management_token
-from common.config import ConfigError, load_config
-from frontend.management_guard import allowed_host_names, bearer_token, host_name
+from mxserve.common import management_token
+from mxserve.common.config import load_config
+from mxserve.common.errors import ConfigError
+from mxserve.frontend.management_guard import allowed_host_names, bearer_token, host_name
 
 TOKEN = "0123456789abcdef-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -16,8 +17,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 def app_on(monkeypatch):
     def make(listener, **settings):
-        import frontend.app as app_module
-        import frontend.management as management
+        import mxserve.frontend.app as app_module
+        import mxserve.frontend.management as management
 
         monkeypatch.setattr(management, "listener", lambda: listener)
         config = load_config({"broker_frontend": "ipc:///nonexistent",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError, load_config
-from common.nginx import render
+from mxserve.common.config import load_config
+from mxserve.common.errors import ConfigError
+from mxserve.instance.nginx import render
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -5,8 +5,8 @@ import json
 
 from openapi_spec_validator import validate
 
-from common.signature import parse_signature
-from frontend.openapi import build_spec
+from mxserve.common.signature import parse_signature
+from mxserve.frontend.openapi import build_spec
 
 DIGITS = parse_signature({"inputs": [{"data_name": "data", "data_shape": [1, 3, 32, 32]}],
                           "input_type": "image/jpeg",

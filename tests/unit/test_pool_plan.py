@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.pool import plan_workers
+from mxserve.worker.pool import plan_workers
 
 
 @pytest.mark.parametrize("gpus", [1, 2, 8])

@@ -6,7 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from worker.predictor import BucketedPredictor, copy_rows
+from mxserve.worker.predictor import BucketedPredictor, copy_rows
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zmq
 
-from common.errors import ProtocolError
-from common.protocol import TAG, Item, Kind, Message, from_frames, to_frames
+from mxserve.common.errors import ProtocolError
+from mxserve.common.protocol import TAG, Item, Kind, Message, from_frames, to_frames
 
 
 def roundtrip(message: Message) -> Message:

@@ -1,7 +1,7 @@
 """When a request has wholly arrived (the gunicorn worker then hands it to a thread)."""
 from __future__ import annotations
 
-from frontend.request_reader import progress, without_expect
+from mxserve.frontend.request_reader import progress, without_expect
 
 HEAD = 8192
 BODY = 1000

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from openapi_spec_validator import validate
 
-from frontend import ServingFrontend
-from frontend.serving_frontend import ServingFrontendError
+from mxserve.instance import ServingFrontend
+from mxserve.instance.serving_frontend import ServingFrontendError
 from tests.conftest import DATA
 
 SERVICES = DATA / "services"

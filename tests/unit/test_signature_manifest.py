@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from common.errors import ArchiveError
-from common.manifest import parse_manifest, validate_model_name
-from common.signature import parse_signature
+from mxserve.common.errors import ArchiveError
+from mxserve.common.manifest import parse_manifest, validate_model_name
+from mxserve.common.signature import parse_signature
 
 SIGNATURE = {"inputs": [{"data_name": "data", "data_shape": [0, 3, 224, 224]}],
              "input_type": "image/jpeg",

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from common.config import ConfigError, load_config
-from common.errors import InvalidInput, PayloadTooLarge
-from common.url_allowlist import check_url, parse_allowlist, without_query
-from frontend.download import download
+from mxserve.common.config import load_config
+from mxserve.common.errors import ConfigError, InvalidInput, PayloadTooLarge
+from mxserve.common.url_allowlist import check_url, parse_allowlist, without_query
+from mxserve.frontend.download import download
 
 ALLOW = parse_allowlist(["http://127.0.0.1:1919/models"])
 

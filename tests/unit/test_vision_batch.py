@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.archive import load_archive
-from worker.services.loader import load_service
+from mxserve.common.archive import load_archive
+from mxserve.worker.services.loader import load_service
 
 
 def test_a_batch_reaches_the_model_as_one_c_ordered_float32_nchw_tensor(sample_models,

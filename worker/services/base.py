@@ -25,9 +25,9 @@ from typing import Any, Sequence
 import mxnet as mx
 import numpy as np
 
-from common.errors import ArchiveError
-from common.signature import parse_signature
-from worker.predictor import BucketedPredictor
+from mxserve.common.errors import ArchiveError
+from mxserve.common.signature import parse_signature
+from mxserve.worker.predictor import BucketedPredictor
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from common.archive import ModelArchive
-from common.errors import ArchiveError
-from worker.services import mms_alias
-from worker.services.base import MXNetBaseService, ModelService
-from worker.services.vision import MXNetVisionService
+from mxserve.common.archive import ModelArchive
+from mxserve.common.errors import ArchiveError
+from mxserve.worker.services import mms_alias
+from mxserve.worker.services.base import ModelService, MXNetBaseService
+from mxserve.worker.services.vision import MXNetVisionService
 
 log = logging.getLogger(__name__)
 

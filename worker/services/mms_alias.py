@@ -11,11 +11,11 @@ import sys
 import types
 
 _ALIASES = {
-    "mms.model_service.model_service": "worker.services.base",
-    "mms.model_service.mxnet_model_service": "worker.services.base",
-    "mms.model_service.mxnet_vision_service": "worker.services.vision",
-    "mms.utils.mxnet.image": "worker.services.utils.image",
-    "mms.utils.mxnet.ndarray": "worker.services.utils.ndarray",
+    "mms.model_service.model_service": "mxserve.worker.services.base",
+    "mms.model_service.mxnet_model_service": "mxserve.worker.services.base",
+    "mms.model_service.mxnet_vision_service": "mxserve.worker.services.vision",
+    "mms.utils.mxnet.image": "mxserve.worker.services.utils.image",
+    "mms.utils.mxnet.ndarray": "mxserve.worker.services.utils.ndarray",
 }
 
 

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.errors import ModelError
-from worker.services.base import MXNetBaseService, Request
-from worker.services.utils import image, ndarray
+from mxserve.common.errors import ModelError
+from mxserve.worker.services.base import MXNetBaseService, Request
+from mxserve.worker.services.utils import image, ndarray
 
 
 def images_to_batch(images: Sequence[np.ndarray]) -> np.ndarray:

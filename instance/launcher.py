@@ -7,7 +7,7 @@ Lifecycle:
      a bad one exits 2 before anything starts.
   2. Make the instance's run directory (ipc sockets, extracted archives) under $TMPDIR, so
      two instances on one host never collide.
-  3. Start the broker (`python -m worker.broker`), which starts the workers, and gunicorn
+  3. Start the broker (`python -m mxserve.worker.broker`), which starts the workers, and gunicorn
      (`sys.executable -m gunicorn`, the gthread frontends). Both are our children, in our
      process tree, and get SIGTERM if we die.
   4. Poll GET /ping until every model is ready (or has failed to load), then print where we
@@ -38,13 +38,25 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common import management_token
-from common.config import (Config, ConfigError, add_arguments, broker_endpoints, load_config,
-                           without_secrets)
-from common.errors import EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
-from common.logs import LogRotator, setup_logging
-from common.private_files import new_run_dir, private_dir
-from worker.pool import spawn
+from mxserve.common import management_token
+from mxserve.common.child_processes import prepare_child, spawn
+from mxserve.common.config import (
+    Config,
+    add_arguments,
+    broker_endpoints,
+    load_config,
+    without_secrets,
+)
+from mxserve.common.errors import (
+    EXIT_BAD_CONFIG,
+    EXIT_CRASH,
+    EXIT_MODEL_LOAD,
+    EXIT_OK,
+    ConfigError,
+    MXServeError,
+)
+from mxserve.common.logs import LogRotator, setup_logging
+from mxserve.common.private_files import new_run_dir, private_dir
 
 log = logging.getLogger("mxserve")
 
@@ -87,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     return launcher.run()
 
 
-WORKER_CLASS = "frontend.gunicorn_worker.ModelServerThreadWorker"
+WORKER_CLASS = "mxserve.frontend.gunicorn_worker.ModelServerThreadWorker"
 
 
 def check_ports_free(config: Config) -> None:
@@ -150,7 +162,7 @@ def gunicorn_argv(c: Config) -> list[str]:
             # The app (Flask, numpy, OpenCV, Pillow, ZeroMQ's module) is built once in the
             # arbiter and forked: the frontend processes share those pages instead of each
             # importing its own copy, and a crashed one is replaced in a fork's time.
-            "--preload", "frontend.app:create_app()"]
+            "--preload", "mxserve.frontend.app:create_app()"]
 
 
 def frontend_env(env: dict[str, str]) -> dict[str, str]:
@@ -229,9 +241,7 @@ class ForkedGunicorn:
 def _run_gunicorn(app: Any, options: dict[str, Any]) -> None:
     from gunicorn.app.base import BaseApplication
 
-    from worker.pool import _child_setup
-
-    _child_setup()
+    prepare_child()
 
     class EmbeddedApplication(BaseApplication):
         def load_config(self) -> None:
@@ -247,7 +257,7 @@ def _run_gunicorn(app: Any, options: dict[str, Any]) -> None:
 class Launcher:
     def __init__(self, config: Config, app: Any = None) -> None:
         """`app`: a Flask app to serve in a forked gunicorn (embedding); by default gunicorn
-        runs as `python -m gunicorn 'frontend.app:create_app()'`."""
+        runs as `python -m gunicorn 'mxserve.frontend.app:create_app()'`."""
         self.app = app
         self.owns_run_dir = not config.run_dir
         run_dir = private_dir(config.run_dir) if config.run_dir else new_run_dir()
@@ -281,7 +291,7 @@ class Launcher:
         env.pop("MXSERVE_CONFIG", None)  # children get the merged result, not the file again
         self.child_env = env
         try:
-            self.broker = spawn([sys.executable, "-m", "worker.broker"], env)
+            self.broker = spawn([sys.executable, "-m", "mxserve.worker.broker"], env)
             if self.app is None:
                 self.gunicorn = spawn(gunicorn_argv(self.config), frontend_env(env))
             else:
@@ -396,7 +406,7 @@ class Launcher:
                 if self._sleep_unless_stopped(backoff_s):
                     break
                 stable_since = time.monotonic()
-                self.broker = spawn([sys.executable, "-m", "worker.broker"], self.child_env)
+                self.broker = spawn([sys.executable, "-m", "mxserve.worker.broker"], self.child_env)
                 backoff_s = min(backoff_s * 2, BROKER_BACKOFF_MAX_S)
                 continue
             if self.rotator is not None and self.rotator.tick():

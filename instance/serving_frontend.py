@@ -1,6 +1,6 @@
 """`ServingFrontend`: the seed's public API for embedding and extending mxserve.
 
-    from frontend import ServingFrontend
+    from mxserve.instance import ServingFrontend
 
     serving = ServingFrontend("my_app")
     [DigitService] = serving.register_module("digit_service.py")
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from common.archive import ModelArchive, load_archive
-from common.config import Config, ConfigError, load_config
-from common.errors import MXServeError
+from mxserve.common.archive import ModelArchive, load_archive
+from mxserve.common.config import Config, load_config
+from mxserve.common.errors import ConfigError, MXServeError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class ServingFrontend:
     def register_module(self, user_defined_module_file_path: str | Path) -> list[type]:
         """Register the ModelService classes a Python file defines (leaves only, as 0.4:
         a class another class in the file derives from is a base, not a service)."""
-        from worker.services.loader import service_classes_in
+        from mxserve.worker.services.loader import service_classes_in
 
         path = Path(user_defined_module_file_path)
         if not path.is_file() or path.suffix != ".py":
@@ -118,7 +118,7 @@ class ServingFrontend:
                     gpu: int | None = None) -> None:
         """Serve models with a service class: `{model_name: model_path}`, or the seed's
         `[(service_name, model_name, model_path, manifest), ...]` (served as service_name)."""
-        from worker.services.base import ModelService
+        from mxserve.worker.services.base import ModelService
 
         if not (isinstance(ModelServiceClassDef, type)
                 and issubclass(ModelServiceClassDef, ModelService)):
@@ -168,7 +168,7 @@ class ServingFrontend:
         """Add a route from a one-path OpenAPI definition, e.g.
         `{"/digits/labels": {"get": {"operationId": "digits_labels", "responses": {...}}}}`;
         `callback(**kwargs, **path_parameters)` answers it (a dict or list becomes JSON)."""
-        from frontend.app import CustomEndpoint
+        from mxserve.frontend.app import CustomEndpoint
 
         if not isinstance(api_definition, Mapping) or len(api_definition) != 1:
             raise ServingFrontendError("api_definition must hold exactly one path")
@@ -199,7 +199,7 @@ class ServingFrontend:
 
     def setup_openapi_endpoints(self, host: str, port: int) -> dict[str, Any]:
         """The Swagger 2.0 document the server will serve at /api-description."""
-        from frontend.openapi import build_spec
+        from mxserve.frontend.openapi import build_spec
 
         self.config = self.config.replace(host=host, port=int(port))
         extra: dict[str, dict[str, Any]] = {}
@@ -214,8 +214,8 @@ class ServingFrontend:
     def start_model_serving(self, host: str = "127.0.0.1", port: int = 8080) -> int:
         """Serve until SIGINT/SIGTERM: broker + workers, gunicorn frontends with the custom
         endpoints. Returns the exit code (0 after a clean stop)."""
-        from frontend.app import create_app
-        from worker.launcher import Launcher
+        from mxserve.frontend.app import create_app
+        from mxserve.instance.launcher import Launcher
 
         if not self._loaded:
             raise ServingFrontendError("no models loaded: call load_models first")
@@ -250,7 +250,7 @@ def _select(registry: Mapping[str, Any], names: str | list[str] | None, what: st
 
 
 def _is_custom(cls: type) -> bool:
-    return not cls.__module__.startswith("worker.services")
+    return not cls.__module__.startswith("mxserve.worker.services")
 
 
 def _service_file(cls: type) -> str:

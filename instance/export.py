@@ -17,10 +17,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from common.archive import MANIFEST_NAME
-from common.errors import ArchiveError
-from common.manifest import parse_manifest, validate_model_name
-from common.signature import IMAGE_JPEG, parse_signature
+from mxserve.common.archive import MANIFEST_NAME
+from mxserve.common.errors import ArchiveError
+from mxserve.common.manifest import parse_manifest, validate_model_name
+from mxserve.common.signature import IMAGE_JPEG, parse_signature
 
 ARCHIVE_VERSION = 0.2  # what MMS 0.4 writes; readers check the keys, not this number
 SERVER_VERSION = 0.4

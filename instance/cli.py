@@ -12,17 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.errors import EXIT_BAD_CONFIG, EXIT_OK, ArchiveError
+from mxserve.common.errors import EXIT_BAD_CONFIG, EXIT_OK, ArchiveError
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "worker":
-        from worker.main import main as worker_main
+        from mxserve.worker.main import main as worker_main
 
         return worker_main(argv[1:])
     if argv and argv[0] == "start":
-        from worker.launcher import main as start_main
+        from mxserve.instance.launcher import main as start_main
 
         return start_main(argv[1:])
     if argv and argv[0] == "broker":
@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
             "supervisord.conf runs them. Configured only by MXSERVE_* variables (every "
             "setting of `mxserve start -h`); MXSERVE_RUN_DIR names its private run "
             "directory.").parse_args(argv[1:])
-        from worker.broker import main as broker_main
+        from mxserve.worker.broker import main as broker_main
 
         return broker_main()
     if argv and argv[0] == "frontend":
-        from worker.launcher import frontend_main
+        from mxserve.instance.launcher import frontend_main
 
         return frontend_main(argv[1:])
     if argv and argv[0] == "config":
@@ -82,7 +82,8 @@ def _config(argv: list[str]) -> int:
     """`mxserve config --show [start's flags]`: what `mxserve start` with the same flags,
     environment and --config file would run with, as TOML, each value's source beside it.
     `--markdown`: the table of every setting (docs/configuration.md)."""
-    from common.config import ConfigError, add_arguments, load_config, markdown_table, show
+    from mxserve.common.config import add_arguments, load_config, markdown_table, show
+    from mxserve.common.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="mxserve config", description=_config.__doc__,
                                      argument_default=argparse.SUPPRESS)
@@ -106,8 +107,9 @@ def _config(argv: list[str]) -> int:
 
 
 def _nginx_conf(args: argparse.Namespace) -> int:
-    from common.config import ConfigError, load_config
-    from common.nginx import render
+    from mxserve.common.config import load_config
+    from mxserve.common.errors import ConfigError
+    from mxserve.instance.nginx import render
 
     try:
         config = load_config({}, args.config)
@@ -119,7 +121,7 @@ def _nginx_conf(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from common.export import export_model
+    from mxserve.instance.export import export_model
 
     try:
         path = export_model(args.model_name, args.model_path, args.service_file_path,
