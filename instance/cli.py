@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             "supervisord.conf runs them. Configured only by MXSERVE_* variables (every "
             "setting of `mxserve start -h`); MXSERVE_RUN_DIR names its private run "
             "directory.").parse_args(argv[1:])
-        from mxserve.worker.broker import main as broker_main
+        from mxserve.worker.broker.loop import main as broker_main
 
         return broker_main()
     if argv and argv[0] == "frontend":

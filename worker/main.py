@@ -165,7 +165,7 @@ class Worker:
         # threaded engine and with MKLDNN subgraphs.
         lendable = (args.gpu is None and os.environ.get("MXNET_ENGINE_TYPE") == "NaiveEngine"
                     and os.environ.get("MXNET_SUBGRAPH_BACKEND") == "NONE")
-        cores = os.cpu_count() or 1  # what the broker lends at most (worker/broker.py)
+        cores = os.cpu_count() or 1  # what the broker lends at most (worker/broker/state.py)
         self.threads = int(os.environ.get("OMP_NUM_THREADS") or cores) if lendable else 0
         self.lent_cores = lent_cores.install(self.threads)
         if archive.signature.is_image and args.gpu is None:

@@ -8,7 +8,7 @@ gets its own executor, so no batch is padded: padding to power-of-two buckets wa
 to cost 20-50 % throughput on odd sizes (resnet18, 1 thread: batch 5 at 50.6 ms/image padded
 to 8, 33.3 ms/image exact). With MKLDNN's subgraph backend each reshaped executor caches its
 own fused weights (+400 MB for resnet18 at sizes 1-8), which is why workers run with
-MXNET_SUBGRAPH_BACKEND=NONE by default (within 3 % of its speed here; see worker/pool.py).
+MXNET_SUBGRAPH_BACKEND=NONE by default (within 3 % of its speed here; see worker/broker/pool.py).
 The loaded parameters are dropped once copied into the executor (one copy of the weights,
 not two) and re-read from the file if the executor is ever rebound. BatchNorms after
 convolutions are folded into them first (worker/batchnorm_folding.py), which is most of

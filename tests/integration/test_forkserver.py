@@ -11,7 +11,7 @@ import requests
 
 from mxserve.common.child_processes import spawn
 from mxserve.common.proctree import alive, parent
-from mxserve.worker.forkserver import ForkServer
+from mxserve.worker.broker.forkserver_client import ForkServer
 from tests.server_harness import Server, wait_gone
 
 

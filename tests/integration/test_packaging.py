@@ -5,6 +5,7 @@ line), so the test needs no download; CI's `pip install -e .` resolves the same 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +23,17 @@ LAYERS = ("common", "frontend", "worker", "instance")
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """Built from a copy of what the wheel is made of: an in-tree build/ could carry files
+    the checkout no longer has."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for layer in LAYERS:
+        shutil.copytree(ROOT / layer, source / layer,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(ROOT)], check=True, timeout=300)
+                    "--no-build-isolation", "-w", str(out), str(source)], check=True,
+                   timeout=300)
     [built] = out.glob("mxserve-*.whl")
     return built
 

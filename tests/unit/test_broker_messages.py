@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from mxserve.common.config import load_config
 from mxserve.common.errors import ProtocolError
 from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
-from mxserve.worker.broker import Broker
+from mxserve.worker.broker.loop import Broker
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats()
@@ -50,10 +50,10 @@ def test_no_message_kills_the_broker(broker, message, identity):
     broker.on_frontend_message(identity, received)
     broker.on_worker_message(identity, received)
     for item in received.items:
-        answer = broker._on_manage(dict(item.fields))
+        answer = broker.models.manage(dict(item.fields))
         assert set(answer) <= {"result", "error"}
-    broker.dispatch(0.0)
-    broker.expire(math.inf)
+    broker.scheduler.dispatch(0.0)
+    broker.scheduler.expire(math.inf)
 
 
 def test_typed_fields():

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mxserve.worker.broker import WorkerState, lendable_threads
+from mxserve.worker.broker.state import WorkerState, lendable_threads
 from mxserve.worker.lent_cores import LEND_MIN_MS, LentCores
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mxserve.worker.pool import plan_workers
+from mxserve.worker.broker.pool import plan_workers
 
 
 @pytest.mark.parametrize("gpus", [1, 2, 8])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mxserve.common.child_processes import spawn
 from mxserve.common.errors import EXIT_MODEL_LOAD
-from mxserve.worker.forkserver import ForkedProcess, ForkServer
+from mxserve.worker.broker.forkserver_client import ForkedProcess, ForkServer
 
 log = logging.getLogger(__name__)
 

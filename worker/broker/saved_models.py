@@ -21,7 +21,7 @@ FILE_NAME = "registered.json"
 MAX_BYTES = 1024 * 1024
 
 
-class Registry:
+class SavedModels:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / FILE_NAME
         self.entries: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,286 @@
+"""Which models the broker serves: the configured ones, those registered, scaled and removed
+at run time (kept on disk for a restarted broker), the catalog the frontends read, and the
+per-model gauges."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mxserve.common import metrics
+from mxserve.common.archive import load_archive
+from mxserve.common.config import (
+    MAX_BATCH_DELAY_MS,
+    MAX_WORKERS_PER_MODEL,
+    Config,
+    batching_for,
+    parse_model_spec,
+    service_for,
+)
+from mxserve.common.errors import InvalidInput, ModelNotFound, MXServeError
+from mxserve.common.protocol import typed_field
+from mxserve.worker.broker.pool import WorkerPool, WorkerSpec, plan_workers
+from mxserve.worker.broker.saved_models import SavedModels
+from mxserve.worker.broker.scheduler import Scheduler
+from mxserve.worker.broker.state import MALFORMED, ModelState
+
+log = logging.getLogger("broker")
+
+
+def load_configured(config: Config, extract_root: Path
+                    ) -> tuple[dict[str, ModelState], dict[str, Path]]:
+    """The models of `--models`, each archive extracted once here (workers read the
+    folder), and their folders. A model that cannot load is kept, failed, with its reason."""
+    models: dict[str, ModelState] = {}
+    folders = {}
+    for entry in config.models:
+        name, path = parse_model_spec(entry)
+        try:
+            archive = load_archive(path, extract_root, name=name)
+        except MXServeError as exc:
+            label = name or path
+            log.error("model %s cannot be served: %s", label, exc.message)
+            models[label] = ModelState(archive=None, error=exc.message)
+            continue
+        if archive.name in models:
+            raise InvalidInput(f"two models are named {archive.name!r}")
+        models[archive.name] = ModelState(archive=archive)
+        folders[archive.name] = archive.root
+    for name, model in models.items():
+        batching = batching_for(config, name)
+        model.max_batch_size = batching.max_batch_size
+        model.max_batch_delay_s = batching.max_batch_delay_ms / 1000.0
+    return models, folders
+
+
+class ModelRegistry:
+    def __init__(self, config: Config, scheduler: Scheduler, pool: WorkerPool,
+                 run_dir: Path, extract_root: Path) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.models = scheduler.models
+        self.pool = pool
+        self.extract_root = extract_root
+        self.saved = SavedModels(run_dir)
+
+    def restore_saved(self) -> None:
+        """Models a previous broker had registered at run time are registered again."""
+        for name, entry in self.saved.load().items():
+            if name in self.models:
+                log.warning("not restoring registered model %s: a configured model has its "
+                            "name", name)
+                self.saved.drop(name)
+                continue
+            try:
+                folder = Path(typed_field(entry, "folder", str))
+                self._add_model(name, folder, entry)
+            except (MXServeError, *MALFORMED) as exc:
+                log.warning("not restoring registered model %s: %s", name,
+                            getattr(exc, "message", exc))
+                self.saved.drop(name)
+                continue
+            log.info("restored model %s, registered before this broker started", name)
+
+    # -- management commands -----------------------------------------------------------
+
+    def manage(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """register / unregister / scale; the reply item's fields: a result or an error."""
+        try:
+            op = fields.get("op")
+            name = str(fields.get("name", ""))
+            if op == "register":
+                result = self._register(name, fields)
+            elif op == "unregister":
+                result = self._unregister(name)
+            elif op == "scale":
+                result = self._scale(name, fields)
+            else:
+                raise InvalidInput(f"unknown management operation {op!r}")
+        except MXServeError as exc:
+            return {"error": {"type": exc.type, "message": exc.message}}
+        except MALFORMED as exc:
+            log.warning("refused a malformed management command: %s", exc)
+            return {"error": {"type": InvalidInput.type,
+                              "message": "malformed management command"}}
+        return {"result": result}
+
+    def _known(self, name: str) -> ModelState:
+        model = self.models.get(name)
+        if model is None or model.removing:
+            raise ModelNotFound(f"model {name!r} is not registered")
+        return model
+
+    def _register(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """An archive the management listener has already extracted (the broker's loop
+        never unzips): read its folder, then start its workers. A refused one's folder
+        is removed."""
+        folder = Path(typed_field(fields, "folder", str, ""))
+        try:
+            result = self._add_model(name, folder, fields)
+        except BaseException:
+            self._discard_extraction(folder)
+            raise
+        self._save(name)
+        return result
+
+    def _add_model(self, name: str, folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
+        if name in self.models:
+            raise InvalidInput(f"a model named {name!r} is already registered"
+                               + (" (still being removed)" if self.models[name].removing
+                                  else ""))
+        specs = self._plan(name, _worker_count(fields.get("workers")
+                                               or self.config.workers_per_model))
+        archive = load_archive(folder, name=name)
+        batching = batching_for(self.config, name)
+        model = ModelState(archive=archive,
+                           max_batch_size=_batch_size(fields.get("max_batch_size")
+                                                      or batching.max_batch_size),
+                           max_batch_delay_s=_batch_delay_ms(fields.get(
+                               "max_batch_delay_ms", batching.max_batch_delay_ms)) / 1000.0)
+        self.models[name] = model
+        self.pool.add(name, specs, archive.root, model.max_batch_size,
+                      service_for(self.config, name))
+        log.info("registered model %s from %s", name, archive.root)
+        return self.catalog()["models"][name]
+
+    def _plan(self, name: str, count: int) -> list[WorkerSpec]:
+        """`count` more CPU workers for a model (with GPUs: one per GPU, as at start)."""
+        if self.config.gpus or self.config.gpu >= 0:
+            return plan_workers([name], self.config.gpus, self.config.gpu)
+        threads = self.config.threads_per_worker or max(
+            1, (os.cpu_count() or 1) // max(1, len(self.pool.workers) + count))
+        return plan_workers([name], workers_per_model=count, threads_per_worker=threads)
+
+    def _unregister(self, name: str) -> dict[str, Any]:
+        """Refuse new requests (404), let queued and running ones finish, then stop its
+        workers (finish_removals)."""
+        model = self._known(name)
+        model.removing = True
+        log.info("unregistering model %s: %d queued, draining", name, len(model.queue))
+        return {"name": name, "status": "removing"}
+
+    def _scale(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        model = self._known(name)
+        workers = self.scheduler.workers
+        if fields.get("max_batch_size") is not None:
+            size = _batch_size(fields["max_batch_size"])
+            # Running workers bound their executors up to their launch size: a larger size
+            # applies to workers started from now on.
+            model.max_batch_size = size
+            self.pool.max_batch_size[name] = size
+        if fields.get("max_batch_delay_ms") is not None:
+            model.max_batch_delay_s = _batch_delay_ms(fields["max_batch_delay_ms"]) / 1000.0
+        if fields.get("workers") is not None:
+            wanted, current = _worker_count(fields["workers"]), self.pool.total(name)
+            if wanted > current:
+                self.pool.add(name, self._plan(name, wanted - current))
+            elif wanted < current:
+                idle = frozenset(workers[i].pid for i in model.idle if i in workers)
+                for pid in self.pool.retire(name, current - wanted, prefer=idle):
+                    for worker in workers.values():
+                        if worker.pid == pid:
+                            worker.retiring = True
+                            if worker.identity in model.idle:
+                                model.idle.remove(worker.identity)
+        log.info("model %s: %d worker(s), batches of %d, delay %.1f ms", name,
+                 self.pool.total(name), model.max_batch_size, model.max_batch_delay_s * 1000)
+        if name in self.saved.entries:
+            self._save(name)
+        return self.catalog()["models"][name]
+
+    def _save(self, name: str) -> None:
+        """Save a run-time model's folder and settings for a broker that restarts."""
+        model = self.models[name]
+        if model.archive is not None:
+            self.saved.put(name, {
+                "folder": str(model.archive.root), "workers": self.pool.total(name),
+                "max_batch_size": model.max_batch_size,
+                "max_batch_delay_ms": model.max_batch_delay_s * 1000.0})
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def finish_removals(self) -> None:
+        """Models being removed whose last request is answered: workers stopped, gone."""
+        workers = self.scheduler.workers
+        for name, model in list(self.models.items()):
+            busy = any(workers[w].batch for w in model.workers if w in workers)
+            if not model.removing or model.queue or busy:
+                continue
+            for identity in list(model.workers):
+                workers.pop(identity, None)
+            self.pool.retire(name)
+            del self.models[name]
+            self.saved.drop(name)
+            if model.archive is not None:
+                self._discard_extraction(model.archive.root)
+            log.info("model %s removed", name)
+
+    def _discard_extraction(self, folder: Path) -> None:
+        """Remove an archive's extracted folder once no model serves from it (only ours:
+        folders under the run directory; a model served from its own folder is kept)."""
+        if folder.parent != self.extract_root:
+            return
+        if any(m.archive is not None and m.archive.root == folder
+               for m in self.models.values()):
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def update_gauges(self) -> None:
+        """Queue depths and ready workers, for /metrics (every housekeeping tick: cheap,
+        and never on the per-request path)."""
+        for name, model in self.models.items():
+            metrics.QUEUE_DEPTH.labels(name).set(len(model.queue))
+            metrics.WORKERS_READY.labels(name).set(len(model.workers))
+            metrics.WORKERS_PLANNED.labels(name).set(self.pool.total(name) if model.archive
+                                                     else 0)
+
+    # -- what the frontends read -------------------------------------------------------
+
+    def catalog(self) -> dict[str, Any]:
+        workers = self.scheduler.workers
+        models = {}
+        for name, model in self.models.items():
+            archive = model.archive
+            models[name] = {
+                "signature": archive.signature.to_dict() if archive else None,
+                "ready": len(model.workers),
+                "workers": self.pool.total(name) if archive else 0,
+                "restarts": self.pool.restarts.get(name, 0),
+                "devices": sorted({workers[w].device for w in model.workers}),
+                "threads_per_worker": next((s.threads for s in self.pool.specs
+                                            if s.model == name), 0),
+                "max_batch_size": model.max_batch_size,
+                # what the ready workers take (each may cap it: batch_memory_mb)
+                "worker_max_batch_size": min((workers[w].max_batch_size
+                                              for w in model.workers), default=0),
+                "max_batch_delay_ms": model.max_batch_delay_s * 1000.0,
+                "batches": model.batches,
+                "mean_batch_size": round(model.batched / model.batches, 3) if model.batches
+                else 0.0,
+                "queue": len(model.queue),
+                "status": ("removing" if model.removing
+                           else "failed" if model.error or archive is None
+                           else "ready" if model.workers else "loading"),
+                "error": model.error,
+            }
+        return {"models": models, "draining": self.scheduler.draining}
+
+
+def _worker_count(value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_WORKERS_PER_MODEL:
+        raise InvalidInput(f"workers must be an integer between 1 and {MAX_WORKERS_PER_MODEL}")
+    return value
+
+
+def _batch_size(value: Any) -> int:
+    if type(value) is not int or value < 1:
+        raise InvalidInput("max_batch_size must be an integer >= 1")
+    return value
+
+
+def _batch_delay_ms(value: Any) -> float:
+    if type(value) not in (int, float) or not 0 <= value <= MAX_BATCH_DELAY_MS:
+        raise InvalidInput(f"max_batch_delay_ms must be between 0 and {MAX_BATCH_DELAY_MS:g}")
+    return float(value)
