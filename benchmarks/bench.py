@@ -85,12 +85,12 @@ def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
 
     from mxserve.common.archive import load_archive
     from mxserve.frontend.decode import Limits, decode_image
-    from mxserve.worker.predictor import BucketedPredictor
+    from mxserve.worker.predictor import Predictor
     from mxserve.worker.services.vision import images_to_batch
 
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
-    predictor = BucketedPredictor(archive.symbol_path, archive.params_path, [spec.name],
+    predictor = Predictor(archive.symbol_path, archive.params_path, [spec.name],
                                   [tuple(spec.shape[1:])], mx.cpu(),
                                   fold_batch_norm=variant == "folded")
     predictor.set_max_batch_size(batch)
@@ -117,12 +117,12 @@ def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: 
 
     from mxserve.common.archive import load_archive
     from mxserve.frontend.decode import Limits, decode_image
-    from mxserve.worker.predictor import BucketedPredictor
+    from mxserve.worker.predictor import Predictor
     from mxserve.worker.services.vision import images_to_batch
 
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
-    predictor = BucketedPredictor(archive.symbol_path, archive.params_path, [spec.name],
+    predictor = Predictor(archive.symbol_path, archive.params_path, [spec.name],
                                   [tuple(spec.shape[1:])], mx.cpu(),
                                   fold_batch_norm=variant == "folded")
     data = Path(input_file).read_bytes()

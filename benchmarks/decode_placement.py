@@ -35,11 +35,11 @@ def _predictor() -> object:
     import mxnet as mx
 
     from mxserve.common.archive import load_archive
-    from mxserve.worker.predictor import BucketedPredictor
+    from mxserve.worker.predictor import Predictor
 
     archive = load_archive(ARCHIVE, tempfile.mkdtemp(prefix="decode-placement-"))
     spec = archive.signature.inputs[0]
-    predictor = BucketedPredictor(archive.symbol_path, archive.params_path, [spec.name],
+    predictor = Predictor(archive.symbol_path, archive.params_path, [spec.name],
                                   [tuple(spec.shape[1:])], mx.cpu())
     predictor.warm_up()
     return predictor

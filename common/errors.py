@@ -23,6 +23,10 @@ class MXServeError(Exception):
     def status(self) -> int:
         return HTTP_STATUS[self.type]
 
+    def to_wire(self) -> dict[str, Any]:
+        """The error as it crosses between processes (error_from_wire reads it back)."""
+        return {"type": self.type, "message": self.message}
+
     def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
         """The JSON error body: code, type, message, request_id."""
         body: dict[str, Any] = {"code": self.status, "type": self.type, "message": self.message}
@@ -105,6 +109,9 @@ class ServiceUnavailable(MXServeError):
         super().__init__(message, **detail)
         self.retry_after_s = retry_after_s
 
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "retry_after_s": self.retry_after_s}
+
 
 class DeadlineExceeded(MXServeError):
     type = "DeadlineExceeded"
@@ -158,10 +165,30 @@ _BY_TYPE: dict[str, type[MXServeError]] = {
 }
 
 
-def error_from_wire(type_name: str, message: str) -> MXServeError:
-    """Rebuild an error received over the wire; unknown names become InternalServerError."""
-    cls = _BY_TYPE.get(type_name, InternalServerError)
-    return cls(message)
+def error_from_wire(raw: Any) -> MXServeError:
+    """Rebuild an error that `to_wire` wrote; an unknown type or a malformed error is our
+    own fault (InternalServerError)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("message"), str):
+        return InternalServerError("malformed error from another mxserve process")
+    cls = _BY_TYPE.get(raw.get("type"), InternalServerError)  # type: ignore[arg-type]
+    if cls is ServiceUnavailable:
+        retry = raw.get("retry_after_s")
+        return ServiceUnavailable(raw["message"], retry_after_s=retry if type(retry) is int
+                                  and 0 <= retry <= 3600 else 1)
+    return cls(raw["message"])
+
+
+def exception_text(exc: BaseException) -> str:
+    """What an exception says, as one line: MXNet's errors start with a "Traceback" header
+    and put their message last (`MXNetError: Check failed: ...`), so that line is kept."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Traceback"):
+        last = lines[-1]
+        name = type(exc).__name__
+        return last if last.startswith(f"{name}: ") else f"{name}: {last}"
+    return f"{type(exc).__name__}: {lines[0]}"
 
 
 # Process exit codes: a contract with whoever supervises the process (docs/design.md).

@@ -5,11 +5,10 @@ A message is one ZeroMQ multipart message (after any ROUTER identity envelope):
     frame 0   TAG        b"MXS" + protocol version byte
     frame 1   header     msgpack map:
                            {"k": kind,                       # Kind, an int
-                            "f": {...},                      # message fields (model, device, ...)
+                            "f": {...},                      # the kind's fields (below)
                             "i": [{"id": request id,         # items: the requests of a batch
-                                   "f": {...},               #   budget_ms, images (still
-                                                             #   encoded: their limits),
-                                                             #   result, error
+                                   "f": {...},               #   RequestItem, or an answer's
+                                                             #   "error" / "result"
                                    "a": [[name, dtype, shape], ...]}, ...]}
     frame 2.. one raw C-contiguous buffer per array, in item order, then array order
 
@@ -19,9 +18,12 @@ Only plain numeric dtypes cross the wire; object dtypes (pickle) are refused. A 
 answer is JSON bytes in a frame of its own (dtype "json", shape [length]), so no answer is
 bounded by the header's cap and the frontend writes those bytes into its response as they
 are. Decoding is strict and raises `ProtocolError`; the receiver logs, counts and drops
-such a message. `typed_field()` reads a message field of a required type.
+such a message.
 
-Two public functions: `to_frames(message)` and `from_frames(frames)`.
+Each kind's fields are declared once, below, as a NamedTuple: senders build one and send
+`fields_of(it)`; receivers `read_fields(Record, message.fields)`, which checks every type
+and raises ProtocolError. Errors travel per item (`error_item` / `item_error`), through
+the one `to_wire` / `error_from_wire` pair of common/errors.py.
 """
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ import enum
 import json
 import math
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence, TypeVar, get_type_hints
 
 import msgpack
 import numpy as np
 
-from mxserve.common.errors import ProtocolError
+from mxserve.common.errors import MXServeError, ProtocolError, error_from_wire
 
 VERSION = 1
 TAG = b"MXS" + bytes([VERSION])
@@ -52,19 +54,23 @@ ALLOWED_DTYPES = frozenset(_DTYPES)
 
 
 class Kind(enum.IntEnum):
-    READY = 1  # worker -> broker: {model, device, max_batch_size, pid, threads (its share)}
-    HEARTBEAT = 2  # both ways
-    REQUEST = 3  # frontend -> broker (one item), broker -> worker (a batch of items;
-    #              fields {model, threads: cores lent for this batch, when any})
-    REPLY = 4  # worker -> broker -> frontend: per item an ANSWER array or an "error" field
-    ERROR = 5  # a whole message failed: fields {type, message}
-    DISCONNECT = 6  # either side is going away
-    CATALOG = 7  # frontend -> broker: which models, signatures, ready workers; reply in fields
-    MANAGE = 8  # management commands (register, unregister, scale), on their own socket
+    READY = 1  # worker -> broker: Ready
+    HEARTBEAT = 2  # both ways, no fields
+    REQUEST = 3  # frontend -> broker (one item), broker -> worker (a batch): Request,
+    #              each item's fields a RequestItem
+    REPLY = 4  # worker -> broker -> frontend: Reply; per item an ANSWER array or an error
+    DISCONNECT = 6  # either side is going away: Disconnect
+    CATALOG = 7  # frontend -> broker: which models, signatures, ready workers; the reply
+    #              item's RESULT field holds it
+    MANAGE = 8  # management commands, on their own socket: each item's fields a Manage;
+    #             the reply item's RESULT or error
+    # 5 was a whole-message error, never sent: errors are per item.
 
 
 ANSWER = "answer"  # the array name of a worker's JSON answer
 JSON_DTYPE = "json"  # the dtype tag of a frame holding UTF-8 JSON bytes
+RESULT = "result"  # the item field of a CATALOG or MANAGE reply's result
+ERROR = "error"  # the item field of an error, as MXServeError.to_wire() writes it
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -90,6 +96,93 @@ class Message(NamedTuple):
 
 
 Frame = bytes | memoryview
+
+
+# -- each kind's fields, declared once ---------------------------------------------------
+
+class Ready(NamedTuple):
+    model: str
+    device: str = "?"
+    pid: int = 0
+    max_batch_size: int = 1
+    threads: int = 0  # its share of the cores; 0: lend it nothing
+
+
+class Request(NamedTuple):
+    model: str
+    threads: int = 0  # broker -> worker: the cores lent for this batch, when more than its own
+
+
+class RequestItem(NamedTuple):
+    budget_ms: float = math.inf  # what is left of the request's deadline
+    encoded_images: bool = False  # its images are still JPEG/PNG: the worker decodes them
+
+
+class Reply(NamedTuple):
+    batch_size: int = 0
+    inference_ms: float = 0.0
+    decode_ms: float = 0.0  # decoding images that arrived encoded
+    worker_ms: float = 0.0  # broker -> frontend: the hop to the worker and back, inference in
+    queue_ms: float = 0.0  # broker -> frontend: waiting in the broker's queue
+
+
+class Disconnect(NamedTuple):
+    reason: str = ""  # "unknown": the broker forgot this worker, which re-registers
+    model: str = ""
+    load_error: str = ""  # a worker about to exit 3: why its model cannot load
+
+
+class Manage(NamedTuple):
+    op: str  # register, unregister, scale
+    name: str = ""
+    folder: str = ""  # register: the archive the management listener extracted
+    workers: Any = None  # these three are checked by the broker, with messages of their own
+    max_batch_size: Any = None
+    max_batch_delay_ms: Any = None
+
+
+R = TypeVar("R", bound=tuple)
+_FLOAT = (int, float)
+
+
+def _field_types(record: type) -> tuple[tuple[str, Any], ...]:
+    types = get_type_hints(record)
+    return tuple((name, _FLOAT if types[name] is float else types[name])
+                 for name in record._fields)  # type: ignore[attr-defined]
+
+
+_TYPES: dict[type, tuple[tuple[str, Any], ...]] = {
+    record: _field_types(record)
+    for record in (Ready, Request, RequestItem, Reply, Disconnect, Manage)}
+
+
+def read_fields(record: type[R], fields: Mapping[str, Any]) -> R:
+    """A kind's fields as its record; ProtocolError for a wrong type or a missing field
+    (fields it does not declare are ignored)."""
+    values = {}
+    for name, kind in _TYPES[record]:
+        if name in fields:
+            value = fields[name]
+            values[name] = value if kind is Any else typed_field(fields, name, kind)
+    try:
+        return record(**values)
+    except TypeError as exc:
+        raise ProtocolError(f"{record.__name__}: {exc}") from exc
+
+
+def fields_of(record: NamedTuple) -> dict[str, Any]:
+    return record._asdict()
+
+
+def error_item(item_id: str, error: MXServeError) -> Item:
+    return Item(item_id, {ERROR: error.to_wire()})
+
+
+def item_error(item: Item) -> MXServeError | None:
+    """The error an item carries, if any (a malformed one is our own fault: 500)."""
+    raw = item.fields.get(ERROR)
+    return None if raw is None else error_from_wire(raw)
+
 
 
 def to_frames(message: Message) -> list[Frame]:

@@ -32,7 +32,6 @@ from mxserve.common.errors import (
 from mxserve.common.images import warm_up
 from mxserve.common.import_pages import settle_before_forking
 from mxserve.common.logs import setup_logging
-from mxserve.frontend.admission import CLIENT_LIMITS_KEY, QUEUE_TIMEOUT_KEY, ClientLimits, waited_s
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.decode import Limits
@@ -46,6 +45,12 @@ from mxserve.frontend.exchange import (
 from mxserve.frontend.management import add_management_routes
 from mxserve.frontend.openapi import build_spec
 from mxserve.frontend.predict import PredictRoute
+from mxserve.frontend.request_context import (
+    CLIENT_LIMITS_KEY,
+    QUEUE_TIMEOUT_KEY,
+    ClientLimits,
+    waited_s,
+)
 
 log = logging.getLogger("frontend")
 

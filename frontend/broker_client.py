@@ -31,9 +31,20 @@ from mxserve.common.errors import (
     InternalServerError,
     MXServeError,
     ServiceUnavailable,
-    error_from_wire,
 )
-from mxserve.common.protocol import ANSWER, Item, Kind, Message, from_frames, to_frames
+from mxserve.common.protocol import (
+    ANSWER,
+    RESULT,
+    Item,
+    Kind,
+    Message,
+    Request,
+    RequestItem,
+    fields_of,
+    from_frames,
+    item_error,
+    to_frames,
+)
 from mxserve.common.transport import NOBLOCK, recv_frames, send_frames
 
 CONNECT_WAIT_MS = 250  # ipc connects in well under a millisecond; tcp on a LAN in a few
@@ -166,19 +177,19 @@ class BrokerClient:
                 return reply
 
     def predict(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
-                budget_s: float, wait_s: float, images: Mapping[str, Any] | None = None
+                budget_s: float, wait_s: float, encoded_images: bool = False
                 ) -> tuple[bytes, Mapping[str, Any]]:
         """Run one request; return (its answer as JSON bytes, reply fields) or raise its
-        error. `images`: the image inputs are still encoded, for the worker to decode
-        within these limits."""
-        fields: dict[str, Any] = {"budget_ms": budget_s * 1000.0}
-        if images is not None:
-            fields["images"] = images
-        reply = self.call(Kind.REQUEST, {"model": model}, Item(request_id, fields, arrays),
+        error. `encoded_images`: its image inputs are still JPEG/PNG bytes, for the worker
+        to decode within its own limits."""
+        reply = self.call(Kind.REQUEST, fields_of(Request(model)),
+                          Item(request_id, fields_of(RequestItem(budget_s * 1000.0,
+                                                                 encoded_images)), arrays),
                           wait_s)
         answer = reply.items[0]
-        if "error" in answer.fields:
-            raise _error(answer.fields["error"])
+        error = item_error(answer)
+        if error is not None:
+            raise error
         data = answer.arrays.get(ANSWER)
         if not isinstance(data, bytes):
             raise InternalServerError("the worker sent no answer")
@@ -188,20 +199,14 @@ class BrokerClient:
         """A management operation (register, unregister, scale); its result or its error."""
         reply = self.call(Kind.MANAGE, {}, Item(uuid.uuid4().hex, {"op": op, **fields}),
                           timeout_s)
-        answer = reply.items[0].fields
-        if "error" in answer:
-            raise _error(answer["error"])
-        return answer.get("result")
+        error = item_error(reply.items[0])
+        if error is not None:
+            raise error
+        return reply.items[0].fields.get(RESULT)
 
     def catalog(self, timeout_s: float) -> dict[str, Any]:
         reply = self.call(Kind.CATALOG, {}, Item(uuid.uuid4().hex), timeout_s)
-        return reply.items[0].fields["result"]
-
-
-def _error(raw: Any) -> MXServeError:
-    if not isinstance(raw, dict):
-        return error_from_wire("InternalServerError", "malformed error from the broker")
-    error = error_from_wire(str(raw.get("type")), str(raw.get("message", "")))
-    if isinstance(error, ServiceUnavailable):
-        error.retry_after_s = int(raw.get("retry_after_s", 1))
-    return error
+        error = item_error(reply.items[0])
+        if error is not None:
+            raise error
+        return reply.items[0].fields[RESULT]

@@ -27,7 +27,7 @@
    waited longer than `frontend_queue_timeout_s` is answered 503 + Retry-After right here,
    before Flask (a shed request must cost next to nothing, or shedding a burst starves the
    health lane of the GIL), and the app takes the wait off the request's deadline
-   (frontend/admission.py). Shedding by time, not by backlog length: a backlog of slow
+   (frontend/request_context.py). Shedding by time, not by backlog length: a backlog of slow
    but servable requests is not overload.
 
 Built on gthread's internals of gunicorn 27 (enqueue_req, accept, murder_pending,
@@ -58,7 +58,7 @@ from mxserve.common.errors import (
     ServiceUnavailable,
     URITooLong,
 )
-from mxserve.frontend import admission
+from mxserve.frontend import request_context
 from mxserve.frontend.request_reader import CONTINUE, progress, without_expect
 
 HEALTH_THREADS = 2
@@ -106,7 +106,7 @@ class ModelServerThreadWorker(ThreadWorker):
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS,
                                                       thread_name_prefix="health")
-        self.limits = admission.ClientLimits()
+        self.limits = request_context.ClientLimits()
         self.max_header_bytes = (self.cfg.limit_request_line + 4 + self.cfg.limit_request_fields
                                  * (self.cfg.limit_request_field_size + 2))
         self.reading: dict[Any, None] = {}  # connections whose request is still arriving
@@ -115,8 +115,8 @@ class ModelServerThreadWorker(ThreadWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         app_config = getattr(self.wsgi, "config", {})
-        self.limits = app_config.get(admission.CLIENT_LIMITS_KEY, self.limits)
-        timeout_s = app_config.get(admission.QUEUE_TIMEOUT_KEY)
+        self.limits = app_config.get(request_context.CLIENT_LIMITS_KEY, self.limits)
+        timeout_s = app_config.get(request_context.QUEUE_TIMEOUT_KEY)
         if timeout_s is not None:  # our app (create_app) says how long is too long
             self.wsgi = ShedLateRequests(self.wsgi, timeout_s)
 
@@ -204,7 +204,7 @@ class ModelServerThreadWorker(ThreadWorker):
 
     def handle(self, conn: Any) -> Any:  # on a pool thread
         now = time.monotonic()
-        admission.set_context(now - getattr(conn, "queued_at", now), conn.server)
+        request_context.set_context(now - getattr(conn, "queued_at", now), conn.server)
         return super().handle(conn)
 
     def handle_quit(self, sig: Any, frame: Any) -> None:
@@ -237,7 +237,7 @@ class ShedLateRequests:
         self.timeout_s = timeout_s
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
-        waited = admission.waited_s()
+        waited = request_context.waited_s()
         if waited <= self.timeout_s or not environ.get("PATH_INFO", "").endswith("/predict"):
             return self.app(environ, start_response)
         metrics.ERRORS.labels(ServiceUnavailable.type).inc()

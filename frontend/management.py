@@ -41,11 +41,11 @@ from mxserve.common.config import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL, Con
 from mxserve.common.errors import Forbidden, InvalidInput, ModelNotFound
 from mxserve.common.management_token import token_of
 from mxserve.common.url_allowlist import parse_allowlist
-from mxserve.frontend.admission import listener
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.download import download
 from mxserve.frontend.management_guard import allowed_host_names, check_host_and_origin, check_token
+from mxserve.frontend.request_context import listener
 
 MANAGE_TIMEOUT_S = 10.0
 MAX_BATCH_SIZE = 1024

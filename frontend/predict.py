@@ -23,7 +23,6 @@ from werkzeug.routing import Map, Rule
 
 from mxserve.common.config import FRONTEND_WAIT_MARGIN_S, Config
 from mxserve.common.errors import InternalServerError, ModelNotFound, MXServeError
-from mxserve.frontend.admission import waited_s
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.decode import Limits, decode_inputs
@@ -36,6 +35,7 @@ from mxserve.frontend.exchange import (
     request_id_for,
 )
 from mxserve.frontend.form import FormLimits, read_fields
+from mxserve.frontend.request_context import waited_s
 
 log = logging.getLogger("frontend")
 
@@ -52,11 +52,9 @@ class PredictRoute:
         self.catalog = catalog
         self.limits = limits
         self.form_limits = FormLimits(config.max_body_bytes, config.max_form_parts)
-        # Where CPU workers decode images, they get them checked but encoded, with the
-        # limits to decode them within (common/images.py; setting image_decode).
-        self.worker_decode = ({"max_pixels": limits.max_image_pixels,
-                               "draft": limits.jpeg_draft}
-                              if config.images_decoded_by_workers else None)
+        # Where CPU workers decode images, they get them checked but encoded (setting
+        # image_decode), and decode them within their own limits.
+        self.workers_decode_images = config.images_decoded_by_workers
         # POST routes of custom endpoints (Flask rule syntax) win over predict, as they
         # would in Flask's own routing.
         rules = [Rule(rule, methods=["POST"]) for rule in custom_rules]
@@ -108,8 +106,8 @@ class PredictRoute:
         exchange.model = model
         fields = read_fields(environ, self.form_limits, [s.name for s in signature.inputs])
         parsed = time.monotonic()
-        encoded = self.worker_decode if signature.is_image else None
-        arrays = decode_inputs(signature, fields, self.limits, decode_images=encoded is None)
+        encoded = signature.is_image and self.workers_decode_images
+        arrays = decode_inputs(signature, fields, self.limits, decode_images=not encoded)
         decoded = time.monotonic()
         # The deadline started when the request was queued for a thread, not now.
         budget_s = max(0.001, self.config.request_timeout_s - exchange.waited_s)

@@ -13,23 +13,37 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from mxserve.common.config import BY_NAME
 from mxserve.common.errors import (
     DeadlineExceeded,
     InternalServerError,
     InvalidInput,
     ModelError,
     MXServeError,
+    exception_text,
 )
-from mxserve.common.protocol import ANSWER, Item, answer_json
+from mxserve.common.protocol import ANSWER, Item, RequestItem, answer_json, error_item, read_fields
 from mxserve.common.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 300  # model exception text sent to clients, trimmed; full text is logged
+
+
+class ImageLimits(NamedTuple):
+    """What this worker decodes an image sent encoded within (its settings of the same
+    names: max_image_pixels, jpeg_draft)."""
+
+    max_pixels: int
+    draft: bool
+
+
+DEFAULT_IMAGE_LIMITS = ImageLimits(BY_NAME["max_image_pixels"].default,
+                                   BY_NAME["jpeg_draft"].default)
 
 
 @dataclass(frozen=True)
@@ -55,8 +69,7 @@ class Outcome:
                     return Item(id=self.id, arrays={ANSWER: answer})
                 error = InternalServerError(f"the answer is {len(answer)} bytes, over "
                                             f"max_reply_bytes ({max_bytes})")
-        return Item(id=self.id, fields={"error": {"type": error.type,
-                                                  "message": error.message}})
+        return error_item(self.id, error)
 
 
 @dataclass
@@ -65,7 +78,8 @@ class BatchTiming:
 
 
 def run_batch(service: Any, signature: Signature, items: Sequence[Item],
-              deadlines: Sequence[float], timing: BatchTiming | None = None) -> list[Outcome]:
+              deadlines: Sequence[float], timing: BatchTiming | None = None,
+              image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> list[Outcome]:
     """`deadlines`: per item, a time.monotonic() value after which it must not run."""
     outcomes: dict[str, Outcome] = {}
     runnable: list[tuple[Item, list[np.ndarray]]] = []
@@ -76,7 +90,7 @@ def run_batch(service: Any, signature: Signature, items: Sequence[Item],
                 "the request's deadline passed before a worker could run it"))
             continue
         try:
-            runnable.append((item, inputs_in_order(signature, item)))
+            runnable.append((item, inputs_in_order(signature, item, image_limits)))
         except MXServeError as exc:  # 400, or 413/415 from an image's header
             outcomes[item.id] = Outcome(item.id, error=exc)
     if timing is not None:
@@ -87,20 +101,21 @@ def run_batch(service: Any, signature: Signature, items: Sequence[Item],
     return [outcomes[item.id] for item in items]
 
 
-def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
+def inputs_in_order(signature: Signature, item: Item, limits: ImageLimits = DEFAULT_IMAGE_LIMITS
+                    ) -> list[np.ndarray]:
     """The item's arrays in signature order, each checked against its TensorSpec."""
     names = [spec.name for spec in signature.inputs]
     extra = sorted(set(item.arrays) - set(names))
     missing = [n for n in names if n not in item.arrays]
     if missing or extra:
         raise InvalidInput(f"expected inputs {names}, got {sorted(item.arrays)}")
-    encoded = item.fields.get("images")  # the frontend's limits, when it left them encoded
+    encoded = read_fields(RequestItem, item.fields).encoded_images
     ordered = []
     for spec in signature.inputs:
         array = item.arrays[spec.name]
         if signature.is_image:
-            if encoded is not None:
-                array = decode_sent_image(array, spec, encoded)
+            if encoded:
+                array = decode_sent_image(array, spec, limits)
             expected = (*spec.image_size, spec.channels)
             if array.dtype != np.uint8 or array.shape != expected:
                 raise InvalidInput(f"input {spec.name!r} must be a uint8 image of shape "
@@ -113,15 +128,13 @@ def inputs_in_order(signature: Signature, item: Item) -> list[np.ndarray]:
     return ordered
 
 
-def decode_sent_image(data: np.ndarray, spec: TensorSpec, limits: Any) -> np.ndarray:
+def decode_sent_image(data: np.ndarray, spec: TensorSpec, limits: ImageLimits) -> np.ndarray:
     """A JPEG/PNG sent as its bytes (1-D uint8) -> H x W x C uint8, as the frontend would."""
     from mxserve.common import images  # Pillow and OpenCV: only workers of image models load them
 
-    if not isinstance(limits, dict) or data.dtype != np.uint8 or data.ndim != 1:
-        raise InvalidInput(f"input {spec.name!r}: an encoded image must be 1-D uint8 bytes "
-                           "with its limits")
-    return images.decode_image(data, spec, int(limits.get("max_pixels", 0)),
-                               bool(limits.get("draft", False)))
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise InvalidInput(f"input {spec.name!r}: an encoded image must be 1-D uint8 bytes")
+    return images.decode_image(data, spec, limits.max_pixels, limits.draft)
 
 
 def _run(service: Any, runnable: list[tuple[Item, list[np.ndarray]]]) -> list[Outcome]:
@@ -145,8 +158,7 @@ def _run(service: Any, runnable: list[tuple[Item, list[np.ndarray]]]) -> list[Ou
 def _model_error(exc: Exception) -> MXServeError:
     if isinstance(exc, MXServeError):
         return exc
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-    return ModelError("the model raised " + text[:MAX_MESSAGE_CHARS])
+    return ModelError("the model raised " + exception_text(exc)[:MAX_MESSAGE_CHARS])
 
 
 def to_wire(value: Any) -> Any:

@@ -2,29 +2,25 @@
 cores of idle workers.
 
 CPU workers split the cores (workers x threads = cores) so that under load none waits for
-another's threads. At low load that split wastes the idle workers' cores: one request on
-resnet18 takes ~66 ms on one thread and ~40 ms on two. So when every other CPU worker is
-idle, the broker's REQUEST says `threads: N`, and the worker runs that batch on a thread
-whose OpenMP pool is N wide: `BucketedPredictor.forward` runs its executor's forward
-through `run_forward`, and everything else (pre- and postprocessing, custom services' own
+another's threads. At low load that split wastes the idle workers' cores, so when every
+other CPU worker is idle the broker's REQUEST says `threads: N`, and the worker runs that
+batch's forwards on a thread whose OpenMP pool is N wide: the worker serves the batch
+inside `lent.lending(N)`, the predictor runs its executor's forward through `lent.run`
+(its `run_forward`), and everything else (pre- and postprocessing, custom services' own
 code) stays on the main thread.
 
 Only where that is safe and effective: MXNet's naive engine (the pool's default for CPU
 workers) runs operators on the calling thread; with the threaded engine a wider caller
 widens nothing. MKLDNN's subgraph operators keep per-executor primitives built for the
-width of the thread that first ran them: on a wider thread they ran no faster (resnet18,
-120 alternating forwards, with and without folded BatchNorms: 35.3 against 34.6 ms and
-40.0 against 39.4 ms), and an earlier build of this code saw them crash (SIGSEGV) there. A
-worker under either setting reports no share (threads 0), and is lent nothing.
+width of the thread that first ran them, run no faster on a wider thread, and have crashed
+there. A worker under either setting reports no share (threads 0), and is lent nothing.
 
-Why a separate thread per width, and not `omp_set_num_threads` before each batch: OpenMP's
-thread count is a per-thread setting, and MXNet caches its MKLDNN primitives per calling
-thread with the width they were created with (measured: a thread that created them at 2
-threads kept using 2 after being set to 1). Each width gets its own long-lived thread
-(MXNet leaks memory on short-lived ones), created on first use; ~10 MiB of primitives each
-for resnet18; the widest (every core) is created and warmed before READY. The handoff
-costs a thread wake-up (~0.1 ms here), so only models whose forwards take at least
-LEND_MIN_MS use it.
+A separate thread per width, not `omp_set_num_threads` before each batch: OpenMP's thread
+count is a per-thread setting, and MXNet caches its MKLDNN primitives per calling thread
+with the width they were created with. Each width gets its own long-lived thread (MXNet
+leaks memory on short-lived ones), created on first use; the widest (every core) is created
+and warmed before READY. The handoff costs a thread wake-up, so only models whose forwards
+take at least LEND_MIN_MS use it. The figures are in docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -33,7 +29,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +45,21 @@ class LentCores:
 
     def __init__(self, own_threads: int) -> None:
         self.own_threads = own_threads  # 0: never lent (GPU, threaded engine, subgraphs)
-        self.lent_threads = 0  # for the batch being served: what the broker said
+        self.lent_threads = 0  # for the batch being served (lending): what the broker said
         self.forward_ms = 0.0  # moving average: the first forwards always run at home
         self._runners: dict[int, _WideThread] = {}
 
+    @contextmanager
+    def lending(self, threads: int) -> Iterator[None]:
+        """Serve one batch with `threads` lent by the broker (0: none)."""
+        self.lent_threads = threads
+        try:
+            yield
+        finally:
+            self.lent_threads = 0
+
     def run(self, forward: Callable[[], T]) -> T:
+        """Run an executor's forward, on lent cores when the batch being served has some."""
         started = time.perf_counter()
         if self.own_threads and self.lent_threads > self.own_threads and (
                 self.forward_ms >= LEND_MIN_MS):
@@ -69,36 +76,16 @@ class LentCores:
         """Run `warm` (a forward at every batch size) on the thread for `widest`, the most
         the broker can lend, if this worker's forwards would be lent at all: before READY,
         like the worker's own warm-up, so the first lent request does not pay for the
-        thread and its MKLDNN primitives (~10 ms on resnet18), and the idle memory read
-        after READY includes them."""
+        thread and its MKLDNN primitives, and the idle memory read after READY includes
+        them."""
         if not (0 < self.own_threads < widest and self.forward_ms >= LEND_MIN_MS):
             return
-        self.lent_threads = widest
-        try:
+        with self.lending(widest):
             warm()
-        finally:
-            self.lent_threads = 0
 
     def observe(self, forward_ms: float) -> None:
         self.forward_ms += (SMOOTHING * (forward_ms - self.forward_ms) if self.forward_ms
                             else forward_ms)
-
-
-_process = LentCores(0)  # until the worker says what its share is
-
-
-def install(own_threads: int) -> LentCores:
-    """This worker process's lending, set up once its share of the cores is known. The
-    forwards timed before (the service's warm-up) count towards the moving average."""
-    global _process
-    previous, _process = _process, LentCores(own_threads)
-    _process.forward_ms = previous.forward_ms
-    return _process
-
-
-def run_forward(forward: Callable[[], T]) -> T:
-    """Run an executor's forward, on lent cores when the batch being served has some."""
-    return _process.run(forward)
 
 
 class _WideThread:

@@ -32,11 +32,34 @@ from typing import Any
 
 from mxserve.common.child_processes import die_with_parent
 from mxserve.common.config import BY_NAME, MIN_FRAME_BYTES
-from mxserve.common.errors import EXIT_CRASH, EXIT_MODEL_LOAD, EXIT_OK, MXServeError
+from mxserve.common.errors import (
+    EXIT_CRASH,
+    EXIT_MODEL_LOAD,
+    EXIT_OK,
+    MXServeError,
+    ProtocolError,
+    exception_text,
+)
 from mxserve.common.logs import setup_logging
-from mxserve.common.protocol import Kind, Message, from_frames, to_frames
-from mxserve.worker import lent_cores  # mxnet imported only when a batch runs wide
-from mxserve.worker.batch import BatchTiming, run_batch  # numpy only: safe before OMP_NUM_THREADS
+from mxserve.common.protocol import (
+    Disconnect,
+    Kind,
+    Message,
+    Ready,
+    Reply,
+    Request,
+    RequestItem,
+    fields_of,
+    from_frames,
+    read_fields,
+    to_frames,
+)
+from mxserve.worker.batch import (  # numpy only: safe before OMP_NUM_THREADS
+    BatchTiming,
+    ImageLimits,
+    run_batch,
+)
+from mxserve.worker.lent_cores import LentCores  # mxnet imported only when a batch runs wide
 
 log = logging.getLogger("worker")
 
@@ -67,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "request's error")
     parser.add_argument("--max-frame-bytes", type=int, default=MIN_FRAME_BYTES,
                         help="largest message frame accepted from the broker")
+    parser.add_argument("--max-image-pixels", type=int,
+                        default=BY_NAME["max_image_pixels"].default,
+                        help="largest image (width x height) this worker decodes")
+    parser.add_argument("--jpeg-draft", action=argparse.BooleanOptionalAction,
+                        default=BY_NAME["jpeg_draft"].default,
+                        help="decode JPEGs at a reduced size first (setting jpeg_draft)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.max_batch_size < 1:
@@ -80,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         # Must precede the mxnet import: its OpenMP pool is sized once, at load.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    lent = LentCores(own_share_of_cores(args.gpu))
     try:
         from mxserve.common.archive import load_archive
         from mxserve.worker.services.loader import load_service
@@ -89,21 +119,31 @@ def main(argv: list[str] | None = None) -> int:
                                                        args.batch_memory_mb)
         service = load_service(archive, gpu=args.gpu, max_batch_size=args.max_batch_size,
                                service_file=args.service_file,
-                               service_class=args.service_class)
+                               service_class=args.service_class, run_forward=lent.run)
     except MXServeError as exc:
         log.error("cannot load model from %s: %s", args.archive, exc.message)
         report_load_failure(args, exc.message)
         return EXIT_MODEL_LOAD
     except Exception as exc:
         log.exception("cannot load model from %s", args.archive)
-        report_load_failure(args, f"{type(exc).__name__}: {exc}")
+        report_load_failure(args, exception_text(exc))
         return EXIT_MODEL_LOAD
     try:
-        Worker(archive, service, args).run()
+        Worker(archive, service, args, lent).run()
     except Exception:
         log.exception("worker crashed")
         return EXIT_CRASH
     return EXIT_OK
+
+
+def own_share_of_cores(gpu: int | None) -> int:
+    """This worker's OpenMP threads, which the broker may widen when the other workers are
+    idle (worker/lent_cores.py); 0 (lend it nothing) on a GPU, with the threaded engine
+    and with MKLDNN subgraphs."""
+    lendable = (gpu is None and os.environ.get("MXNET_ENGINE_TYPE") == "NaiveEngine"
+                and os.environ.get("MXNET_SUBGRAPH_BACKEND") == "NONE")
+    cores = os.cpu_count() or 1  # what the broker lends at most (worker/broker/state.py)
+    return int(os.environ.get("OMP_NUM_THREADS") or cores) if lendable else 0
 
 
 def batch_size_within_memory(archive: Any, requested: int, budget_mb: float) -> int:
@@ -135,14 +175,15 @@ def report_load_failure(args: argparse.Namespace, reason: str) -> None:
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 1000)  # let it leave, but never hang the exit
     socket.connect(args.broker)
-    socket.send_multipart(to_frames(Message(Kind.DISCONNECT, {
-        "model": args.model_name or "", "load_error": reason})), copy=False)
+    socket.send_multipart(to_frames(Message(Kind.DISCONNECT, fields_of(Disconnect(
+        model=args.model_name or "", load_error=reason)))), copy=False)
     socket.close()
     context.term()
 
 
 class Worker:
-    def __init__(self, archive: Any, service: Any, args: argparse.Namespace) -> None:
+    def __init__(self, archive: Any, service: Any, args: argparse.Namespace,
+                 lent: LentCores) -> None:
         import zmq  # after any fork: nothing ZeroMQ exists before the process starts
 
         from mxserve.common import transport
@@ -160,21 +201,16 @@ class Worker:
         self.socket: Any = None
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
-        # Its share of the cores, which the broker may widen when the other workers are
-        # idle (worker/lent_cores.py). Reported as 0 (lend it nothing) on a GPU, with the
-        # threaded engine and with MKLDNN subgraphs.
-        lendable = (args.gpu is None and os.environ.get("MXNET_ENGINE_TYPE") == "NaiveEngine"
-                    and os.environ.get("MXNET_SUBGRAPH_BACKEND") == "NONE")
-        cores = os.cpu_count() or 1  # what the broker lends at most (worker/broker/state.py)
-        self.threads = int(os.environ.get("OMP_NUM_THREADS") or cores) if lendable else 0
-        self.lent_cores = lent_cores.install(self.threads)
+        self.lent_cores = lent
+        self.image_limits = ImageLimits(args.max_image_pixels, args.jpeg_draft)
+        self.threads = lent.own_threads  # reported in READY: what the broker may widen
         if archive.signature.is_image and args.gpu is None:
             from mxserve.common import images
 
             images.warm_up()  # CPU workers decode images (setting image_decode)
-        predictor = getattr(service, "predictor", None)  # MXNet services' BucketedPredictor
+        predictor = getattr(service, "predictor", None)  # MXNet services' Predictor
         if predictor is not None and self.threads:
-            self.lent_cores.warm_up(predictor.warm_up, cores)
+            self.lent_cores.warm_up(predictor.warm_up, os.cpu_count() or 1)
 
     def run(self) -> None:
         self._install_signals()
@@ -182,7 +218,7 @@ class Worker:
         try:
             self._loop()
         finally:
-            self._send(Message(Kind.DISCONNECT, {"model": self.archive.name}))
+            self._send(Message(Kind.DISCONNECT, fields_of(Disconnect(model=self.archive.name))))
             self.socket.close(linger=500)  # let DISCONNECT leave, but never hang on exit
             self.context.term()
 
@@ -205,9 +241,9 @@ class Worker:
         self.poller = self.zmq.Poller()
         self.poller.register(self.socket, self.zmq.POLLIN)
         self.poller.register(self.wake_r, self.zmq.POLLIN)
-        self._send(Message(Kind.READY, {
-            "model": self.archive.name, "device": self.device, "pid": os.getpid(),
-            "max_batch_size": self.args.max_batch_size, "threads": self.threads}))
+        self._send(Message(Kind.READY, fields_of(Ready(
+            model=self.archive.name, device=self.device, pid=os.getpid(),
+            max_batch_size=self.args.max_batch_size, threads=self.threads))))
         self.last_heard = time.monotonic()
         self.next_heartbeat = self.last_heard + self.interval_s
         log.info("model %s on %s: READY to %s", self.archive.name, self.device, self.args.broker)
@@ -247,7 +283,7 @@ class Worker:
         log.info("re-parented to pid %d (its fork server died); serving on", parent)
 
     def _receive(self) -> None:
-        # Drain everything queued: a broker restart can leave several messages waiting.
+        # Read everything queued: a broker restart can leave several messages waiting.
         while not self.stopping and self.transport.has_message(self.socket):
             try:
                 frames = self.transport.recv_frames(self.socket, self.transport.NOBLOCK)
@@ -259,33 +295,37 @@ class Worker:
             except MXServeError as exc:
                 log.warning("dropped a malformed message from the broker: %s", exc.message)
                 continue
-            if message.kind == Kind.REQUEST:
-                self._serve(message)
-            elif message.kind == Kind.DISCONNECT and message.fields.get("reason") == "unknown":
-                log.info("the broker does not know this worker (it restarted?); re-registering")
-                self._connect()
-                return
-            elif message.kind == Kind.DISCONNECT:
-                log.info("broker asked this worker to stop (%s)",
-                         message.fields.get("reason", "shutdown"))
-                self.stopping = True
+            try:
+                if message.kind == Kind.REQUEST:
+                    self._serve(message)
+                elif message.kind == Kind.DISCONNECT:
+                    reason = read_fields(Disconnect, message.fields).reason
+                    if reason == "unknown":
+                        log.info("the broker does not know this worker (it restarted?); "
+                                 "re-registering")
+                        self._connect()
+                        return
+                    log.info("broker asked this worker to stop (%s)", reason or "shutdown")
+                    self.stopping = True
+            except ProtocolError as exc:
+                log.warning("dropped a malformed %s from the broker: %s", message.kind.name,
+                            exc.message)
 
     def _serve(self, message: Message) -> None:
+        request = read_fields(Request, message.fields)
         received = time.monotonic()
-        deadlines = [received + float(item.fields.get("budget_ms", 1e9)) / 1000.0
+        deadlines = [received + read_fields(RequestItem, item.fields).budget_ms / 1000.0
                      for item in message.items]
         started = time.monotonic()
-        self.lent_cores.lent_threads = int(message.fields.get("threads", 0))
         timing = BatchTiming()
-        outcomes = run_batch(self.service, self.archive.signature, message.items, deadlines,
-                             timing)
+        with self.lent_cores.lending(request.threads):
+            outcomes = run_batch(self.service, self.archive.signature, message.items,
+                                 deadlines, timing, self.image_limits)
         inference_ms = (time.monotonic() - started) * 1000.0 - timing.decode_ms
-        self._send(Message(Kind.REPLY,
-                           {"model": self.archive.name, "batch_size": len(message.items),
-                            "decode_ms": round(timing.decode_ms, 3),
-                            "inference_ms": round(inference_ms, 3)},
-                           [outcome.to_item(self.args.max_reply_bytes)
-                            for outcome in outcomes]))
+        self._send(Message(Kind.REPLY, fields_of(Reply(
+            batch_size=len(message.items), decode_ms=round(timing.decode_ms, 3),
+            inference_ms=round(inference_ms, 3))),
+            [outcome.to_item(self.args.max_reply_bytes) for outcome in outcomes]))
 
     def _send(self, message: Message) -> None:
         try:

@@ -4,15 +4,14 @@ An MXNet executor is bound for fixed input shapes. Rebinding for every batch siz
 milliseconds and memory; instead the predictor binds once for the largest batch size and
 derives an executor for each smaller size on first use with `Executor.reshape`, which shares
 the weights and (because it only shrinks) the activation memory of the largest. Every size
-gets its own executor, so no batch is padded: padding to power-of-two buckets was measured
-to cost 20-50 % throughput on odd sizes (resnet18, 1 thread: batch 5 at 50.6 ms/image padded
-to 8, 33.3 ms/image exact). With MKLDNN's subgraph backend each reshaped executor caches its
-own fused weights (+400 MB for resnet18 at sizes 1-8), which is why workers run with
-MXNET_SUBGRAPH_BACKEND=NONE by default (within 3 % of its speed here; see worker/broker/pool.py).
-The loaded parameters are dropped once copied into the executor (one copy of the weights,
-not two) and re-read from the file if the executor is ever rebound. BatchNorms after
-convolutions are folded into them first (worker/batchnorm_folding.py), which is most of
-what the subgraph backend's fusion gained at batch 1, without its per-executor copies.
+gets its own executor, so no batch is padded (padding to power-of-two sizes costs a large
+share of throughput on odd sizes; docs/benchmarks.md). With MKLDNN's subgraph backend each
+reshaped executor caches its own fused weights, which is why workers run with
+MXNET_SUBGRAPH_BACKEND=NONE by default (worker/broker/pool.py). The loaded parameters are
+dropped once copied into the executor (one copy of the weights, not two) and re-read from
+the file if the executor is ever rebound. BatchNorms after convolutions are folded into them
+first (worker/batchnorm_folding.py), which is most of what the subgraph backend's fusion
+gained at batch 1, without its per-executor copies.
 
 Call it from one long-lived thread only (MXNet leaks memory per short-lived thread).
 """
@@ -22,17 +21,17 @@ import logging
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import mxnet as mx
 import numpy as np
 
-from mxserve.common.errors import ArchiveError
-from mxserve.worker import lent_cores
+from mxserve.common.errors import ArchiveError, exception_text
 from mxserve.worker.batchnorm_folding import Fold, apply_folds, plan_folds
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_SHAPE_VARIANTS = 8  # distinct non-batch input shapes kept bound (signatures with 0 dims)
 
 
@@ -55,21 +54,22 @@ def activation_bytes_per_sample(symbol_path: Path, input_shapes: dict[str, tuple
                    if name not in variables)
 
 
-def batch_buckets(max_batch_size: int) -> list[int]:
-    """The batch sizes an executor exists for: every size up to max_batch_size."""
-    return list(range(1, max_batch_size + 1))
+def run_here(forward: Callable[[], T]) -> T:
+    """Run a forward on the calling thread (a predictor's default `run_forward`)."""
+    return forward()
 
 
-class BucketedPredictor:
+class Predictor:
     def __init__(self, symbol_path: Path, params_path: Path, input_names: Sequence[str],
                  sample_shapes: Sequence[tuple[int, ...]], ctx: mx.Context,
                  fold_batch_norm: bool = True) -> None:
         """`sample_shapes`: each input's shape without the batch axis, 0s replaced by 1."""
+        self.run_forward: Callable[[Callable[[], Any]], Any] = run_here  # the worker may widen it
         try:
             self.symbol = mx.sym.load(str(symbol_path))
         except mx.base.MXNetError as exc:
             raise ArchiveError(f"cannot read the model's symbol: "
-                               f"{str(exc).splitlines()[0]}") from exc
+                               f"{exception_text(exc)}") from exc
         self.params_path = params_path
         self.ctx = ctx
         self.input_names = list(input_names)
@@ -95,7 +95,7 @@ class BucketedPredictor:
             loaded = mx.nd.load(str(self.params_path))
         except mx.base.MXNetError as exc:
             raise ArchiveError(f"cannot read {self.params_path.name}: "
-                               f"{str(exc).splitlines()[0]}") from exc
+                               f"{exception_text(exc)}") from exc
         if not isinstance(loaded, dict):
             raise ArchiveError(f"{self.params_path.name} holds no named parameters")
         args: dict[str, mx.nd.NDArray] = {}
@@ -109,11 +109,10 @@ class BucketedPredictor:
         return args, auxs
 
     def set_max_batch_size(self, max_batch_size: int) -> None:
-        """(Re)bind for the largest bucket; smaller buckets are derived lazily from it."""
+        """(Re)bind for the largest batch; each smaller size is derived from it on first use."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.max_batch_size = max_batch_size
-        self.buckets = batch_buckets(max_batch_size)
         self._executors.clear()
         self._base = None
         self._base = self._bind(max_batch_size, self._default_shapes)
@@ -150,8 +149,8 @@ class BucketedPredictor:
                                f"{target.shape}")
         value.copyto(target)
 
-    def _executor(self, bucket: int, shapes: tuple[tuple[int, ...], ...]) -> mx.executor.Executor:
-        key = (bucket, shapes)
+    def _executor(self, size: int, shapes: tuple[tuple[int, ...], ...]) -> mx.executor.Executor:
+        key = (size, shapes)
         exe = self._executors.get(key)
         if exe is not None:
             self._executors.move_to_end(key)
@@ -159,9 +158,9 @@ class BucketedPredictor:
         assert self._base is not None
         grow = shapes != self._default_shapes
         exe = self._base.reshape(partial_shaping=False, allow_up_sizing=grow,
-                                 **{n: (bucket, *s) for n, s in zip(self.input_names, shapes)})
+                                 **{n: (size, *s) for n, s in zip(self.input_names, shapes)})
         self._executors[key] = exe
-        if len(self._executors) > len(self.buckets) * MAX_SHAPE_VARIANTS:
+        if len(self._executors) > self.max_batch_size * MAX_SHAPE_VARIANTS:
             oldest = next(k for k in self._executors if k[1] != self._default_shapes)
             del self._executors[oldest]
         return exe
@@ -170,21 +169,15 @@ class BucketedPredictor:
         """One forward at every batch size, so MKLDNN builds its primitives (and the process
         reaches its steady memory) before the first request, not during it."""
         zeros = [np.zeros((self.max_batch_size, *s), np.float32) for s in self._default_shapes]
-        for size in self.buckets:
+        for size in range(1, self.max_batch_size + 1):
             for out in self.forward([z[:size] for z in zeros]):
                 out.wait_to_read()
-
-    def bucket_for(self, n: int) -> int:
-        for bucket in self.buckets:
-            if bucket >= n:
-                return bucket
-        raise ValueError(f"batch of {n} is larger than max_batch_size {self.max_batch_size}")
 
     def forward(self, inputs: Sequence[np.ndarray | mx.nd.NDArray]) -> list[mx.nd.NDArray]:
         """Run one forward on stacked inputs (batch axis 0); returns outputs cut to n rows."""
         n = inputs[0].shape[0]
         if n > self.max_batch_size:
-            # Larger than any bucket (a custom service stacked more): run in slices. Each
+            # Larger than any executor (a custom service stacked more): run in slices. Each
             # slice's outputs are copied: they are views of the executor's output buffers,
             # which the next slice's forward overwrites.
             parts = [[out.copy() for out in self.forward([x[i:i + self.max_batch_size]
@@ -192,10 +185,10 @@ class BucketedPredictor:
                      for i in range(0, n, self.max_batch_size)]
             return [mx.nd.concat(*pieces, dim=0) for pieces in zip(*parts)]
         shapes = tuple(tuple(x.shape[1:]) for x in inputs)
-        exe = self._executor(self.bucket_for(n), shapes)
+        exe = self._executor(n, shapes)
         for name, value in zip(self.input_names, inputs):
             copy_rows(value, exe.arg_dict[name])
-        lent_cores.run_forward(lambda: exe.forward(is_train=False))
+        self.run_forward(lambda: exe.forward(is_train=False))
         return [out[:n] for out in exe.outputs]
 
 

@@ -117,31 +117,31 @@ def test_images_sent_encoded_are_decoded_as_the_frontend_would_and_bad_ones_fail
     from PIL import Image
 
     from mxserve.common import images
-    from mxserve.worker.batch import BatchTiming
+    from mxserve.worker.batch import BatchTiming, ImageLimits
 
     rng = np.random.default_rng(0)
     out = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(out, format="JPEG")
     good = out.getvalue()
-    limits = {"max_pixels": 16_000_000, "draft": False}
-    batch = [Item("good", {"images": limits}, {"data": np.frombuffer(good, np.uint8)}),
-             Item("cut", {"images": limits}, {"data": np.frombuffer(good[:300], np.uint8)}),
-             Item("small", {"images": {"max_pixels": 100, "draft": False}},
-                  {"data": np.frombuffer(good, np.uint8)})]
+    encoded = {"encoded_images": True}
+    batch = [Item("good", encoded, {"data": np.frombuffer(good, np.uint8)}),
+             Item("cut", encoded, {"data": np.frombuffer(good[:300], np.uint8)})]
     service, timing = Recorder(), BatchTiming()
-    outcomes = run_batch(service, IMAGE_SIGNATURE, batch, [FAR] * 3, timing)
+    outcomes = run_batch(service, IMAGE_SIGNATURE, batch, [FAR] * 2, timing)
+    small = run_batch(service, IMAGE_SIGNATURE, [Item("small", encoded, {
+        "data": np.frombuffer(good, np.uint8)})], [FAR], image_limits=ImageLimits(100, False))
 
     expected = images.decode_image(good, IMAGE_SIGNATURE.inputs[0], 16_000_000)
     assert len(service.seen) == 1 and np.array_equal(service.seen[0], expected)
     assert outcomes[0].error is None and outcomes[0].result == float(expected.mean())
     assert outcomes[1].error.type == "InvalidInput" and "decoded" in outcomes[1].error.message
-    assert outcomes[2].error.type == "PayloadTooLarge" and "64x48" in outcomes[2].error.message
+    assert small[0].error.type == "PayloadTooLarge" and "64x48" in small[0].error.message
     assert timing.decode_ms > 0
 
 
 def test_decoded_images_still_have_to_be_images():
     outcomes = run_batch(Recorder(), IMAGE_SIGNATURE, [
-        Item("floats", {"images": {"max_pixels": 100}}, {"data": np.zeros(8, np.float32)})],
+        Item("floats", {"encoded_images": True}, {"data": np.zeros(8, np.float32)})],
         [FAR])
     assert outcomes[0].error.type == "InvalidInput"
     assert "1-D uint8" in outcomes[0].error.message

@@ -105,13 +105,13 @@ def test_a_batchnorm_over_another_axis_is_left_alone():
 
 def test_the_predictor_folds_the_sample_resnet18_and_answers_the_same(sample_models, tmp_path):
     from mxserve.common.archive import load_archive
-    from mxserve.worker.predictor import BucketedPredictor
+    from mxserve.worker.predictor import Predictor
 
     archive = load_archive(str(sample_models["resnet18"]), tmp_path)
     x = np.random.default_rng(0).uniform(0, 255, (3, 3, 224, 224)).astype(np.float32)
     outputs = []
     for fold in (False, True):
-        predictor = BucketedPredictor(archive.symbol_path, archive.params_path, ["data"],
+        predictor = Predictor(archive.symbol_path, archive.params_path, ["data"],
                                       [(3, 224, 224)], mx.cpu(), fold_batch_norm=fold)
         predictor.set_max_batch_size(4)
         outputs.append(predictor.forward([x])[0].asnumpy())

@@ -18,12 +18,22 @@ def test_status_table(cls, status):
     assert error.status == status
     assert error.to_dict("rid") == {"code": status, "type": cls.type, "message": "msg",
                                     "request_id": "rid"}
-    rebuilt = errors.error_from_wire(error.type, "msg")
+    rebuilt = errors.error_from_wire(error.to_wire())
     assert type(rebuilt) is cls and rebuilt.message == "msg"
 
 
-def test_unknown_wire_type_is_an_internal_error():
-    assert type(errors.error_from_wire("Nope", "x")) is errors.InternalServerError
+def test_retry_after_crosses_the_wire():
+    sent = errors.ServiceUnavailable("busy", retry_after_s=30)
+    assert errors.error_from_wire(sent.to_wire()).retry_after_s == 30
+    for bad in (-1, "30", 10**9, None, True):
+        wire = {**sent.to_wire(), "retry_after_s": bad}
+        assert errors.error_from_wire(wire).retry_after_s == 1
+
+
+@pytest.mark.parametrize("raw", [{"type": "Nope", "message": "x"}, {"type": "InvalidInput"},
+                                 "InvalidInput", None, {"message": 3}])
+def test_unknown_or_malformed_wire_errors_are_internal_errors(raw):
+    assert type(errors.error_from_wire(raw)) is errors.InternalServerError
 
 
 def test_every_subclass_is_in_the_table():

@@ -123,12 +123,11 @@ def test_warm_up_does_nothing_for_a_worker_never_lent(own, widest, forward_ms):
     assert ran_on == []
 
 
-def test_install_keeps_the_forward_times_measured_before_it():
-    from mxserve.worker import lent_cores
-
-    before = lent_cores.install(0)
-    before.observe(40.0)  # the service's warm-up, before the share is known
-    try:
-        assert lent_cores.install(1).forward_ms == before.forward_ms > 0
-    finally:
-        lent_cores.install(0)
+def test_lending_lasts_one_batch_even_when_it_raises():
+    cores = lent(0, 60.0)
+    with cores.lending(2):
+        assert cores.run(where_it_ran) != threading.get_ident()
+    assert cores.lent_threads == 0 and cores.run(where_it_ran) == threading.get_ident()
+    with pytest.raises(RuntimeError), cores.lending(2):
+        raise RuntimeError("the batch failed")
+    assert cores.lent_threads == 0

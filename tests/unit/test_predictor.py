@@ -1,4 +1,4 @@
-"""BucketedPredictor: every batch size answers what a fresh bind of that size answers,
+"""Predictor: every batch size answers what a fresh bind of that size answers,
 whatever array type and dtype a service hands it."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from mxserve.worker.predictor import BucketedPredictor, copy_rows
+from mxserve.worker.predictor import Predictor, copy_rows
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def dense_model(tmp_path):
 @pytest.mark.parametrize("kind", ["float32", "float64", "uint8", "ndarray"])
 def test_every_batch_size_answers_like_numpy(dense_model, kind):
     folder, expected = dense_model
-    predictor = BucketedPredictor(folder / "m-symbol.json", folder / "m-0000.params", ["data"],
+    predictor = Predictor(folder / "m-symbol.json", folder / "m-0000.params", ["data"],
                                   [(12,)], mx.cpu())
     predictor.set_max_batch_size(4)
     rng = np.random.default_rng(2)

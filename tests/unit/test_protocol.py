@@ -119,3 +119,26 @@ def test_deeply_nested_header_is_refused_not_crashing():
     # 100,000 nested one-element arrays: msgpack's stack limit, not Python recursion, stops it.
     with pytest.raises(ProtocolError):
         from_frames([TAG, b"\x91" * 100_000])
+
+
+def test_each_kinds_fields_are_read_with_their_declared_types():
+    from mxserve.common.protocol import Ready, RequestItem, fields_of, read_fields
+
+    ready = Ready(model="m", device="cpu", pid=7, max_batch_size=8, threads=1)
+    assert read_fields(Ready, fields_of(ready)) == ready
+    assert read_fields(RequestItem, {"budget_ms": 5}).budget_ms == 5  # an int is a float
+    assert read_fields(Ready, {"model": "m", "unknown": object()}).device == "?"
+    for bad in ({"model": 3}, {"model": "m", "pid": True}, {"model": "m", "pid": 1.5}, {}):
+        with pytest.raises(ProtocolError):
+            read_fields(Ready, bad)
+
+
+def test_errors_cross_per_item_and_keep_their_type():
+    from mxserve.common.errors import ServiceUnavailable
+    from mxserve.common.protocol import error_item, item_error
+
+    item = from_frames(to_frames(Message(Kind.REPLY, {}, [
+        error_item("r1", ServiceUnavailable("busy", retry_after_s=5))]))).items[0]
+    error = item_error(item)
+    assert isinstance(error, ServiceUnavailable) and error.retry_after_s == 5
+    assert item_error(Item("r2")) is None

@@ -47,7 +47,15 @@ from mxserve.common.errors import (
 )
 from mxserve.common.logs import setup_logging
 from mxserve.common.private_files import private_dir
-from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
+from mxserve.common.protocol import (
+    RESULT,
+    Item,
+    Kind,
+    Message,
+    error_item,
+    from_frames,
+    to_frames,
+)
 from mxserve.common.transport import NOBLOCK, has_message, recv_frames, send_frames
 from mxserve.worker.broker.models import ModelRegistry, load_configured
 from mxserve.worker.broker.pool import WorkerPool, plan_workers
@@ -217,19 +225,17 @@ class Broker:
         item = message.items[0]
         try:
             if message.kind == Kind.REQUEST:
-                self.scheduler.admit(identity, typed_field(message.fields, "model", str, ""),
-                                     item, time.monotonic())
+                self.scheduler.admit(identity, message, time.monotonic())
             elif message.kind == Kind.CATALOG:
                 self._send_frontend(identity, Message(Kind.REPLY, {}, [
-                    Item(item.id, {"result": self.models.catalog()})]))
+                    Item(item.id, {RESULT: self.models.catalog()})]))
             else:
                 raise ProtocolError(f"{message.kind.name} is not taken on this socket")
         except MALFORMED as exc:
             log.warning("refused a malformed %s from a frontend: %s", message.kind.name,
                         getattr(exc, "message", exc))
-            self._send_frontend(identity, Message(Kind.REPLY, {}, [Item(item.id, {
-                "error": {"type": InvalidInput.type,
-                          "message": "malformed message to the broker"}})]))
+            self._send_frontend(identity, Message(Kind.REPLY, {}, [error_item(
+                item.id, InvalidInput("malformed message to the broker"))]))
 
     def receive_management(self) -> None:
         for identity, message in self._receive(self.management, "management route"):
@@ -273,7 +279,9 @@ def _start_pool(config: Config, models: dict[str, ModelState], folders: dict[str
                                    else None),
                       batch_memory_mb=config.batch_memory_mb,
                       worker_args=["--max-reply-bytes", str(config.max_reply_bytes),
-                                   "--max-frame-bytes", str(max_frame_bytes(config))])
+                                   "--max-frame-bytes", str(max_frame_bytes(config)),
+                                   "--max-image-pixels", str(config.max_image_pixels),
+                                   "--jpeg-draft" if config.jpeg_draft else "--no-jpeg-draft"])
 
 
 def main() -> int:

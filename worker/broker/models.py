@@ -19,8 +19,8 @@ from mxserve.common.config import (
     parse_model_spec,
     service_for,
 )
-from mxserve.common.errors import InvalidInput, ModelNotFound, MXServeError
-from mxserve.common.protocol import typed_field
+from mxserve.common.errors import InvalidInput, ModelNotFound, MXServeError, ProtocolError
+from mxserve.common.protocol import ERROR, RESULT, Manage, read_fields
 from mxserve.worker.broker.pool import WorkerPool, WorkerSpec, plan_workers
 from mxserve.worker.broker.saved_models import SavedModels
 from mxserve.worker.broker.scheduler import Scheduler
@@ -74,8 +74,7 @@ class ModelRegistry:
                 self.saved.drop(name)
                 continue
             try:
-                folder = Path(typed_field(entry, "folder", str))
-                self._add_model(name, folder, entry)
+                self._add_model(read_fields(Manage, {**entry, "op": "register", "name": name}))
             except (MXServeError, *MALFORMED) as exc:
                 log.warning("not restoring registered model %s: %s", name,
                             getattr(exc, "message", exc))
@@ -88,23 +87,24 @@ class ModelRegistry:
     def manage(self, fields: dict[str, Any]) -> dict[str, Any]:
         """register / unregister / scale; the reply item's fields: a result or an error."""
         try:
-            op = fields.get("op")
-            name = str(fields.get("name", ""))
-            if op == "register":
-                result = self._register(name, fields)
-            elif op == "unregister":
-                result = self._unregister(name)
-            elif op == "scale":
-                result = self._scale(name, fields)
+            command = read_fields(Manage, fields)
+            if command.op == "register":
+                result = self._register(command)
+            elif command.op == "unregister":
+                result = self._unregister(command.name)
+            elif command.op == "scale":
+                result = self._scale(command)
             else:
-                raise InvalidInput(f"unknown management operation {op!r}")
+                raise InvalidInput(f"unknown management operation {command.op!r}")
+        except ProtocolError as exc:
+            log.warning("refused a malformed management command: %s", exc.message)
+            return {ERROR: InvalidInput("malformed management command").to_wire()}
         except MXServeError as exc:
-            return {"error": {"type": exc.type, "message": exc.message}}
+            return {ERROR: exc.to_wire()}
         except MALFORMED as exc:
             log.warning("refused a malformed management command: %s", exc)
-            return {"error": {"type": InvalidInput.type,
-                              "message": "malformed management command"}}
-        return {"result": result}
+            return {ERROR: InvalidInput("malformed management command").to_wire()}
+        return {RESULT: result}
 
     def _known(self, name: str) -> ModelState:
         model = self.models.get(name)
@@ -112,33 +112,34 @@ class ModelRegistry:
             raise ModelNotFound(f"model {name!r} is not registered")
         return model
 
-    def _register(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _register(self, command: Manage) -> dict[str, Any]:
         """An archive the management listener has already extracted (the broker's loop
         never unzips): read its folder, then start its workers. A refused one's folder
         is removed."""
-        folder = Path(typed_field(fields, "folder", str, ""))
         try:
-            result = self._add_model(name, folder, fields)
+            result = self._add_model(command)
         except BaseException:
-            self._discard_extraction(folder)
+            self._discard_extraction(Path(command.folder))
             raise
-        self._save(name)
+        self._save(command.name)
         return result
 
-    def _add_model(self, name: str, folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    def _add_model(self, command: Manage) -> dict[str, Any]:
+        name = command.name
         if name in self.models:
             raise InvalidInput(f"a model named {name!r} is already registered"
                                + (" (still being removed)" if self.models[name].removing
                                   else ""))
-        specs = self._plan(name, _worker_count(fields.get("workers")
+        specs = self._plan(name, _worker_count(command.workers
                                                or self.config.workers_per_model))
-        archive = load_archive(folder, name=name)
+        archive = load_archive(Path(command.folder), name=name)
         batching = batching_for(self.config, name)
+        delay_ms = (batching.max_batch_delay_ms if command.max_batch_delay_ms is None
+                    else command.max_batch_delay_ms)
         model = ModelState(archive=archive,
-                           max_batch_size=_batch_size(fields.get("max_batch_size")
+                           max_batch_size=_batch_size(command.max_batch_size
                                                       or batching.max_batch_size),
-                           max_batch_delay_s=_batch_delay_ms(fields.get(
-                               "max_batch_delay_ms", batching.max_batch_delay_ms)) / 1000.0)
+                           max_batch_delay_s=_batch_delay_ms(delay_ms) / 1000.0)
         self.models[name] = model
         self.pool.add(name, specs, archive.root, model.max_batch_size,
                       service_for(self.config, name))
@@ -161,19 +162,20 @@ class ModelRegistry:
         log.info("unregistering model %s: %d queued, draining", name, len(model.queue))
         return {"name": name, "status": "removing"}
 
-    def _scale(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _scale(self, command: Manage) -> dict[str, Any]:
+        name = command.name
         model = self._known(name)
         workers = self.scheduler.workers
-        if fields.get("max_batch_size") is not None:
-            size = _batch_size(fields["max_batch_size"])
+        if command.max_batch_size is not None:
+            size = _batch_size(command.max_batch_size)
             # Running workers bound their executors up to their launch size: a larger size
             # applies to workers started from now on.
             model.max_batch_size = size
             self.pool.max_batch_size[name] = size
-        if fields.get("max_batch_delay_ms") is not None:
-            model.max_batch_delay_s = _batch_delay_ms(fields["max_batch_delay_ms"]) / 1000.0
-        if fields.get("workers") is not None:
-            wanted, current = _worker_count(fields["workers"]), self.pool.total(name)
+        if command.max_batch_delay_ms is not None:
+            model.max_batch_delay_s = _batch_delay_ms(command.max_batch_delay_ms) / 1000.0
+        if command.workers is not None:
+            wanted, current = _worker_count(command.workers), self.pool.total(name)
             if wanted > current:
                 self.pool.add(name, self._plan(name, wanted - current))
             elif wanted < current:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from typing import Any, Callable
+from typing import Callable
 
 from mxserve.common import metrics
 from mxserve.common.config import Config
@@ -23,7 +23,19 @@ from mxserve.common.errors import (
     ProtocolError,
     ServiceUnavailable,
 )
-from mxserve.common.protocol import Item, Kind, Message, typed_field
+from mxserve.common.protocol import (
+    Disconnect,
+    Item,
+    Kind,
+    Message,
+    Ready,
+    Reply,
+    Request,
+    RequestItem,
+    error_item,
+    fields_of,
+    read_fields,
+)
 from mxserve.worker.broker.pool import WorkerPool
 from mxserve.worker.broker.state import ModelState, Pending, WorkerState, lendable_threads
 
@@ -51,15 +63,17 @@ class Scheduler:
 
     # -- requests ----------------------------------------------------------------------
 
-    def admit(self, frontend: bytes, model_name: str, item: Item, now: float) -> None:
+    def admit(self, frontend: bytes, message: Message, now: float) -> None:
         """Queue a frontend's request, or answer it at once with why it cannot be."""
+        [item] = message.items
+        model_name = read_fields(Request, message.fields).model
         model = self.models.get(model_name)
-        budget_s = float(typed_field(item.fields, "budget_ms", (int, float),
-                                     self.config.request_timeout_s * 1000))
-        if not budget_s > 0:  # NaN and negatives included
+        asked = read_fields(RequestItem, item.fields)
+        if not asked.budget_ms > 0:  # NaN and negatives included
             raise ProtocolError("budget_ms must be a positive number")
-        pending = Pending(frontend, item, now + min(budget_s / 1000.0,
-                                                    self.config.request_timeout_s), now)
+        pending = Pending(frontend, item, now + min(asked.budget_ms / 1000.0,
+                                                    self.config.request_timeout_s), now,
+                          encoded_images=asked.encoded_images)
         if model is None:
             return self.fail(pending, ModelNotFound(f"model {model_name!r} is not loaded"))
         if self.draining:
@@ -88,21 +102,22 @@ class Scheduler:
                 batch: list[Pending] = []
                 while model.queue and len(batch) < size:
                     batch.append(model.queue.popleft())
-                # The frontend's item fields with the budget left now.
-                items = [Item(p.item.id, {**p.item.fields, "budget_ms": max(
-                    0.0, (p.deadline - now) * 1000.0)}, p.item.arrays) for p in batch]
+                items = [Item(p.item.id, fields_of(RequestItem(
+                    max(0.0, (p.deadline - now) * 1000.0), p.encoded_images)), p.item.arrays)
+                    for p in batch]
                 worker.batch = {p.item.id: p for p in batch}
                 model.batches += 1
                 model.batched += len(batch)
                 metrics.BATCH_SIZE.labels(name).observe(len(batch))
                 worker.batch_started = now
                 worker.batch_deadline = max(p.deadline for p in batch) + OVERRUN_GRACE_S
-                fields: dict[str, Any] = {"model": name}
                 worker.threads_in_use = worker.threads
                 lent = self._lendable_threads(worker)
                 if lent > worker.threads:
-                    fields["threads"] = worker.threads_in_use = lent
-                if not self._to_worker(identity, Message(Kind.REQUEST, fields, items)):
+                    worker.threads_in_use = lent
+                request = Request(name, lent if lent > worker.threads else 0)
+                if not self._to_worker(identity, Message(Kind.REQUEST, fields_of(request),
+                                                         items)):
                     self.remove_worker(worker, "it is unreachable")
 
     def _lendable_threads(self, worker: WorkerState) -> int:
@@ -167,30 +182,30 @@ class Scheduler:
             self._on_reply(worker, message, now)
         elif message.kind == Kind.DISCONNECT and worker is not None:
             self.remove_worker(worker, "it disconnected")
-        elif message.kind == Kind.DISCONNECT and "load_error" in message.fields:
-            self._on_load_error(message)
+        elif message.kind == Kind.DISCONNECT:
+            self._on_load_error(read_fields(Disconnect, message.fields))
         elif worker is None and message.kind != Kind.DISCONNECT:
             # A worker we forgot (we restarted, or it was presumed dead): ask it to
             # re-register instead of guessing its state.
-            self._to_worker(identity, Message(Kind.DISCONNECT, {"reason": "unknown"}))
+            self._to_worker(identity, Message(Kind.DISCONNECT,
+                                              fields_of(Disconnect(reason="unknown"))))
 
     def _on_ready(self, identity: bytes, message: Message, now: float) -> None:
-        name = typed_field(message.fields, "model", str, "")
+        ready = read_fields(Ready, message.fields)
+        name = ready.model
         model = self.models.get(name)
         if model is None or model.archive is None:
             log.warning("worker %r is READY for unknown model %r; sending it away", identity,
                         name)
-            self._to_worker(identity, Message(Kind.DISCONNECT, {"reason": "unknown model"}))
+            self._to_worker(identity, Message(Kind.DISCONNECT,
+                                              fields_of(Disconnect(reason="unknown model"))))
             return
         old = self.workers.get(identity)
         if old is not None:
             self.remove_worker(old, "it re-registered")
-        fields = message.fields
-        worker = WorkerState(identity=identity, model=name,
-                             device=typed_field(fields, "device", str, "?"),
-                             pid=typed_field(fields, "pid", int, 0),
-                             max_batch_size=max(1, typed_field(fields, "max_batch_size", int, 1)),
-                             threads=max(0, typed_field(fields, "threads", int, 0)), last_seen=now)
+        worker = WorkerState(identity=identity, model=name, device=ready.device, pid=ready.pid,
+                             max_batch_size=max(1, ready.max_batch_size),
+                             threads=max(0, ready.threads), last_seen=now)
         self.workers[identity] = worker
         self.pool.mark_ready(worker.pid)
         model.workers.add(identity)
@@ -198,31 +213,29 @@ class Scheduler:
         log.info("worker %s ready for %s on %s (pid %d)", worker.name, name, worker.device,
                  worker.pid)
 
-    def _on_load_error(self, message: Message) -> None:
+    def _on_load_error(self, disconnect: Disconnect) -> None:
         """A worker about to exit 3 says why its model cannot load: that is the model's
         error in the catalog (instead of "see the worker log")."""
-        name = str(message.fields.get("model", ""))
-        model = self.models.get(name)
-        if model is None or model.workers:
+        model = self.models.get(disconnect.model)
+        if not disconnect.load_error or model is None or model.workers:
             return
-        reason = str(message.fields["load_error"])[:500]
+        name, reason = disconnect.model, disconnect.load_error[:500]
         self.pool.failed[name] = reason
         if model.error:  # the exit was reaped first
             model.error = reason
 
     def _on_reply(self, worker: WorkerState, message: Message, now: float) -> None:
-        inference_ms = typed_field(message.fields, "inference_ms", (int, float), 0.0)
-        decode_ms = typed_field(message.fields, "decode_ms", (int, float), 0.0)
+        reply = read_fields(Reply, message.fields)
         worker_ms = round((now - worker.batch_started) * 1000.0, 3)  # the hop and inference
         for item in message.items:
             pending = worker.batch.pop(item.id, None)
             if pending is None:
                 continue  # already answered (expired, or the worker was presumed dead)
-            self._to_frontend(pending.frontend, Message(Kind.REPLY, {
-                "batch_size": len(message.items), "inference_ms": inference_ms,
-                "decode_ms": decode_ms, "worker_ms": worker_ms,
-                "queue_ms": round((worker.batch_started - pending.received) * 1000.0, 3),
-            }, [Item(pending.item.id, dict(item.fields), item.arrays)]))
+            timing = reply._replace(
+                batch_size=len(message.items), worker_ms=worker_ms,
+                queue_ms=round((worker.batch_started - pending.received) * 1000.0, 3))
+            self._to_frontend(pending.frontend, Message(Kind.REPLY, fields_of(timing), [
+                Item(pending.item.id, dict(item.fields), item.arrays)]))
         for pending in worker.batch.values():
             self.fail(pending, ServiceUnavailable("the worker answered without this request"))
         worker.batch = {}
@@ -314,8 +327,5 @@ class Scheduler:
             self.fail(model.queue.popleft(), error)
 
     def fail(self, pending: Pending, error: MXServeError) -> None:
-        fields: dict[str, Any] = {"type": error.type, "message": error.message}
-        if isinstance(error, ServiceUnavailable):
-            fields["retry_after_s"] = error.retry_after_s
         self._to_frontend(pending.frontend, Message(Kind.REPLY, {}, [
-            Item(pending.item.id, {"error": fields})]))
+            error_item(pending.item.id, error)]))

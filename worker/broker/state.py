@@ -23,6 +23,7 @@ class Pending:
     deadline: float  # time.monotonic()
     received: float
     attempts: int = 0
+    encoded_images: bool = False  # its images are for the worker to decode
 
 
 @dataclass

@@ -27,7 +27,7 @@ import numpy as np
 
 from mxserve.common.errors import ArchiveError
 from mxserve.common.signature import parse_signature
-from mxserve.worker.predictor import BucketedPredictor
+from mxserve.worker.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class MXNetBaseService(SingleNodeService):
         # Bind with 0 ("any") axes as 1, like 0.4; other sizes get their own executor.
         sample_shapes = [tuple(d or 1 for d in spec.shape[1:])
                          for spec in self.parsed_signature.inputs]
-        self.predictor = BucketedPredictor(
+        self.predictor = Predictor(
             symbol_path=Path(model_dir) / model["Symbol"],
             params_path=Path(model_dir) / model["Parameters"],
             input_names=[spec.name for spec in self.parsed_signature.inputs],

@@ -16,9 +16,10 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Callable
 
 from mxserve.common.archive import ModelArchive
-from mxserve.common.errors import ArchiveError
+from mxserve.common.errors import ArchiveError, exception_text
 from mxserve.worker.services import mms_alias
 from mxserve.worker.services.base import ModelService, MXNetBaseService
 from mxserve.worker.services.vision import MXNetVisionService
@@ -85,18 +86,24 @@ def import_file(path: Path) -> ModuleType:
 
 
 def load_service(archive: ModelArchive, gpu: int | None = None, max_batch_size: int = 1,
-                 service_file: str | None = None, service_class: str | None = None
+                 service_file: str | None = None, service_class: str | None = None,
+                 run_forward: Callable[[Callable[[], Any]], Any] | None = None
                  ) -> ModelService:
-    """Construct the archive's service the 0.4 way and bind it for `max_batch_size`."""
+    """Construct the archive's service the 0.4 way and bind it for `max_batch_size`.
+    `run_forward`: how its predictor runs each forward (the worker's lent cores), set
+    before binding so the warm-up forwards are timed too."""
     cls = service_class_for(archive, service_file, service_class)
     log.info("model %s: service %s from %s", archive.name, cls.__name__,
              archive.manifest.service_file)
     try:
         service = cls(archive.name, str(archive.root), archive.manifest.raw, gpu)
+        predictor = getattr(service, "predictor", None)
+        if run_forward is not None and predictor is not None:
+            predictor.run_forward = run_forward
         service.set_max_batch_size(max_batch_size)
     except ArchiveError:
         raise
     except Exception as exc:
-        raise ArchiveError(f"{cls.__name__} failed to initialise: {type(exc).__name__}: "
-                           f"{exc}") from exc
+        raise ArchiveError(f"{cls.__name__} failed to initialise: "
+                           f"{exception_text(exc)}") from exc
     return service
