@@ -50,6 +50,12 @@ class Forbidden(MXServeError):
     type = "Forbidden"
 
 
+class NotFound(MXServeError):
+    """No route at this URL (a route for a model that is not loaded is ModelNotFound)."""
+
+    type = "NotFound"
+
+
 class ModelNotFound(MXServeError):
     type = "ModelNotFound"
 
@@ -139,6 +145,7 @@ HTTP_STATUS: dict[str, int] = {
     InvalidInput.type: 400,
     Unauthorized.type: 401,
     Forbidden.type: 403,
+    NotFound.type: 404,
     ModelNotFound.type: 404,
     MethodNotAllowed.type: 405,
     RequestTimeout.type: 408,
@@ -157,7 +164,7 @@ HTTP_STATUS: dict[str, int] = {
 
 _BY_TYPE: dict[str, type[MXServeError]] = {
     cls.type: cls
-    for cls in (InvalidInput, Unauthorized, Forbidden, ModelNotFound, MethodNotAllowed,
+    for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, ModelNotFound, MethodNotAllowed,
                 RequestTimeout,
                 PayloadTooLarge, UnsupportedMediaType, URITooLong, HeaderFieldsTooLarge,
                 NotImplementedByServer, ModelError, InternalServerError, ServiceUnavailable,

@@ -24,8 +24,8 @@ from mxserve.common.errors import (
     InternalServerError,
     InvalidInput,
     MethodNotAllowed,
-    ModelNotFound,
     MXServeError,
+    NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
@@ -56,7 +56,7 @@ log = logging.getLogger("frontend")
 
 # werkzeug's own HTTP errors, expressed in our error table.
 HTTP_ERRORS: dict[int, type[MXServeError]] = {
-    400: InvalidInput, 404: ModelNotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
+    400: InvalidInput, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
     415: UnsupportedMediaType}
 
 
@@ -117,7 +117,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         # Predictions are answered by PredictRoute before Flask (frontend/predict.py); this
         # rule gives the path its 405 for other methods, and its 404 should a custom
         # endpoint's path shadow it.
-        raise ModelNotFound(f"model {model!r} is not loaded; see /api-description")
+        raise catalog.not_loaded(model)
 
     def health() -> tuple[Response, int]:
         try:

@@ -13,12 +13,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from mxserve.common.errors import ModelNotFound
 from mxserve.common.signature import Signature, parse_signature
 from mxserve.frontend.broker_client import BrokerClient
 
 CATALOG_TTL_S = 2.0
 CATALOG_TIMEOUT_S = 1.0  # /ping must answer within a second even when the broker is gone
 UNKNOWN_MODEL_FRESH_S = 0.1  # an unknown name is re-checked with a snapshot at most this old
+MODELS_LISTED = 20  # a 404 names this many loaded models at most
+NAME_ECHOED = 64  # and this much of the name asked for
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,11 @@ class Catalog:
 
     def signatures(self) -> dict[str, Signature]:
         return self.current().signatures
+
+    def not_loaded(self, model: str) -> ModelNotFound:
+        """The 404 for a model that is not loaded, naming the loaded ones."""
+        loaded = sorted(self.current().signatures)
+        listing = ", ".join(loaded[:MODELS_LISTED]) + (
+            f" and {len(loaded) - MODELS_LISTED} more" if len(loaded) > MODELS_LISTED else "")
+        return ModelNotFound(f"model {model[:NAME_ECHOED]!r} is not loaded; loaded "
+                             f"models: {listing or 'none'} (see /api-description)")

@@ -38,7 +38,7 @@ from flask import Flask, Response, jsonify, request
 from mxserve.common import metrics
 from mxserve.common.archive import ExtractionLimits, load_archive
 from mxserve.common.config import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL, Config
-from mxserve.common.errors import Forbidden, InvalidInput, ModelNotFound
+from mxserve.common.errors import Forbidden, InvalidInput, ModelNotFound, NotFound
 from mxserve.common.management_token import token_of
 from mxserve.common.url_allowlist import parse_allowlist
 from mxserve.frontend.broker_client import BrokerClient
@@ -65,7 +65,7 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
             address = listener()
             if not (config.management_port and isinstance(address, tuple)
                     and address[1] == config.management_port):
-                raise ModelNotFound("no such route on this listener (see /api-description)")
+                raise NotFound("no such route on this listener (see /api-description)")
             check_host_and_origin(request.environ, hosts)
             if config.management_auth:
                 check_token(request.headers.get("Authorization", ""), token)

@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from mxserve.common.config import FRONTEND_WAIT_MARGIN_S, Config
-from mxserve.common.errors import InternalServerError, ModelNotFound, MXServeError
+from mxserve.common.errors import InternalServerError, MXServeError
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.decode import Limits, decode_inputs
@@ -102,7 +102,7 @@ class PredictRoute:
         model = exchange.path[1:-len(SUFFIX)]
         signature = self.catalog.signature(model)
         if signature is None:
-            raise ModelNotFound(f"model {model!r} is not loaded; see /api-description")
+            raise self.catalog.not_loaded(model)
         exchange.model = model
         fields = read_fields(environ, self.form_limits, [s.name for s in signature.inputs])
         parsed = time.monotonic()

@@ -178,8 +178,9 @@ def test_a_killed_worker_is_restarted_and_serving_resumes(sample_models):
 
 def test_models_that_cannot_load_are_failed_with_their_reason_and_the_others_serve(
         sample_models, tmp_path, reference):
-    """A signature the symbol cannot take (caught by the warm-up forward), a custom service
-    that raises on import, and one that never finishes loading (model_load_timeout_s)."""
+    """A signature the symbol cannot take (caught by the warm-up forward), parameters MXNet
+    cannot read (its own message, not its traceback header), a custom service that raises
+    on import, and one that never finishes loading (model_load_timeout_s)."""
     import json
     import zipfile
 
@@ -189,18 +190,27 @@ def test_models_that_cannot_load_are_failed_with_their_reason_and_the_others_ser
     signature = json.loads((mismatched / "signature.json").read_text())
     signature["inputs"][0]["data_shape"] = [0, 1, 32, 32]  # the symbol takes 3 channels
     (mismatched / "signature.json").write_text(json.dumps(signature))
+    corrupt = tmp_path / "corrupt"
+    with zipfile.ZipFile(sample_models["digits"]) as archive:
+        archive.extractall(corrupt)
+    [params] = corrupt.glob("*.params")
+    params.write_bytes(b"not an NDArray file" * 64)
     services = ROOT / "tests" / "data" / "services"
     server = Server([f"digits={sample_models['digits']}", f"mismatched={mismatched}",
-                     f"import_error={sample_models['noop']}", f"hangs={sample_models['noop']}"],
+                     f"corrupt={corrupt}", f"import_error={sample_models['noop']}",
+                     f"hangs={sample_models['noop']}"],
                     "--services", f"import_error={services / 'broken.py'}",
                     f"hangs={services / 'hangs_at_load.py'}", "--model-load-timeout-s", "15")
     try:
         ping = ping_when_nothing_is_loading(server)
         assert ping.status_code == 503
         assert ping.json()["models"] == {"digits": "ready", "mismatched": "failed",
-                                         "import_error": "failed", "hangs": "failed"}
+                                         "corrupt": "failed", "import_error": "failed",
+                                         "hangs": "failed"}
         errors = {name: m["error"] for name, m in server.catalog()["models"].items()}
         assert "shape" in errors["mismatched"].lower(), errors
+        assert "Invalid NDArray file format" in errors["corrupt"], errors
+        assert "Traceback" not in errors["corrupt"], errors
         assert "this module fails at import" in errors["import_error"], errors
         assert errors["hangs"] == "the model did not finish loading in 15s"
         image = (reference / "images" / "digit_5.jpg").read_bytes()

@@ -79,7 +79,7 @@ def noop(managed, name, row=(1.0, 2.0, 3.0, 4.0)):
 
 def test_management_routes_exist_only_on_the_management_listener(managed):
     for path in ("/models", "/models/digits", "/metrics"):
-        assert_error(requests.get(managed.url + path, timeout=10), 404, "ModelNotFound")
+        assert_error(requests.get(managed.url + path, timeout=10), 404, "NotFound")
     listing = managed.api.get(f"{managed.admin}/models", timeout=10).json()["models"]
     assert listing["digits"]["status"] == "ready" and listing["digits"]["ready"] == 1
     assert listing["digits"]["workers"] == 1 and listing["digits"]["devices"] == ["cpu"]

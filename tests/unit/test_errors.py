@@ -8,6 +8,7 @@ from mxserve.common import errors
 
 @pytest.mark.parametrize("cls, status", [
     (errors.InvalidInput, 400), (errors.Unauthorized, 401), (errors.ModelNotFound, 404),
+    (errors.NotFound, 404),
     (errors.MethodNotAllowed, 405), (errors.PayloadTooLarge, 413),
     (errors.UnsupportedMediaType, 415), (errors.ModelError, 500),
     (errors.InternalServerError, 500), (errors.ServiceUnavailable, 503),

@@ -31,7 +31,7 @@ def app_on(monkeypatch):
 def test_metrics_exist_only_on_the_management_listener(app_on):
     assert app_on(("127.0.0.1", 8081)).get("/metrics", headers=AUTH).status_code == 200
     public = app_on(("127.0.0.1", 8080)).get("/metrics", headers={"Host": "x:8081", **AUTH})
-    assert public.status_code == 404 and public.json["type"] == "ModelNotFound"
+    assert public.status_code == 404 and public.json["type"] == "NotFound"
     assert app_on("/run/mxserve/gunicorn.sock").get("/metrics").status_code == 404
 
 
