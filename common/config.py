@@ -111,8 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("threads_per_worker", int, 0, "OpenMP threads per CPU worker (0: cores / CPU "
             "workers, at least 1)", _non_negative),
     Setting("lend_idle_cores", bool, True, "a CPU worker busy while every other CPU worker "
-            "is idle runs its batch on all the cores, not its share (resnet18, one request: "
-            "~66 -> ~42 ms on 2 cores)"),
+            "is idle runs its batch on all the cores, not its share (lower latency at low load)"),
     Setting("fork_workers", bool, True, "start CPU workers by forking a process that has "
             "imported MXNet once, so they share its memory (off: each is a fresh process)"),
     Setting("frontend_workers", int, 2, "gunicorn frontend processes", _positive),
@@ -128,9 +127,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_batch_size", int, 32, "most requests sent to a worker in one batch (each "
             "worker may take fewer: batch_memory_mb)", _positive),
     Setting("batch_memory_mb", float, 144.0, "a worker lowers its max_batch_size so that a "
-            "batch's activations, estimated from the model's symbol, fit in this (resnet18 "
-            "at 224x224: 32.6 MiB per sample, so 4; measured fastest on CPU, raise it for "
-            "GPUs); 0: no cap", _non_negative),
+            "batch's activations, estimated from the model's symbol, fit in this (small models "
+            "keep large batches, large ones get the sizes fastest on CPU; raise it for GPUs); "
+            "0: no cap", _non_negative),
     Setting("max_batch_delay_ms", float, 0.0, "how long the broker may hold a partial batch",
             _non_negative),
     Setting("batching", list, [], "per-model batching overrides, as name=max_batch_size[:"
@@ -139,10 +138,9 @@ SETTINGS: tuple[Setting, ...] = (
             "reduced scale (Pillow draft): much faster on large photos, but the pixels differ "
             "from MMS 0.4's full decode + bicubic decimation, so answers can move"),
     Setting("image_decode", str, "auto", "where JPEG/PNG inputs are decoded: 'frontend', "
-            "'worker' (the CPU worker that runs the model, before its forward: no frontend "
-            "thread preempts a forward to decode; resnet18 on 2 cores: ~3 % less CPU per "
-            "request) or 'auto' (worker with CPU workers, frontend with GPUs, whose worker "
-            "thread must keep feeding the GPU)",
+            "'worker' (the CPU worker that runs the model, before its forward, so no frontend "
+            "thread preempts a forward to decode) or 'auto' (worker with CPU workers, "
+            "frontend with GPUs, whose worker thread must keep feeding the GPU)",
             lambda v: v in ("auto", "frontend", "worker")),
     Setting("max_queue_size", int, 100, "queued requests per model before 503", _positive),
     Setting("request_timeout_s", float, 30.0, "inference deadline per request", _positive),

@@ -74,7 +74,7 @@ def decode_image(data: Any, spec: TensorSpec, max_pixels: int, draft: bool = Fal
             image.draft(image.mode, (height, width) if rotated else (width, height))
         image.load()  # strict: a truncated or corrupt file raises here
         # In place and only when needed: the copying forms copy every pixel even when
-        # there is nothing to rotate or convert (0.2-0.4 ms on a 640x427 photo).
+        # there is nothing to rotate or convert: each copies every pixel.
         ImageOps.exif_transpose(image, in_place=True)
         mode = "RGB" if spec.channels == 3 else "L"
         if image.mode != mode:
@@ -88,8 +88,8 @@ def decode_image(data: Any, spec: TensorSpec, max_pixels: int, draft: bool = Fal
 
 
 def warm_up() -> None:
-    """Decode and resize one small JPEG: the first decode in a process pays ~25 ms of lazy
-    library set-up (measured), which belongs to start-up, not to a client's request."""
+    """Decode and resize one small JPEG: the first decode in a process pays for lazy
+    library set-up, which belongs to start-up, not to a client's request."""
     sample = io.BytesIO()
     Image.new("RGB", (64, 48), (90, 120, 150)).save(sample, format="JPEG")
     decode_image(sample.getvalue(), TensorSpec("warm_up", (1, 3, 32, 32)), 64 * 48)

@@ -2,21 +2,18 @@
 
 A process that imports MXNet, OpenCV and numpy and then only forks (the worker fork server,
 gunicorn's arbiter under --preload) keeps mapped every library page its imports touched:
-libmxnet.so's static initialisers alone leave ~85 MB of it mapped in the fork server, code
+libmxnet.so's static initialisers alone leave most of it mapped in the fork server, code
 nothing runs again. How much depends on the page cache: for each page fault the kernel also
 maps up to 16 neighbouring pages that are already cached, and right after `pip install` (or
-on a busy host) every page of the libraries is. Measured (2026-12-02, resnet18, two CPU
-workers, PSS of the whole server at idle): 691 MiB with the libraries cached, 577 MiB
-after `drop_caches`.
+on a busy host) every page of the libraries is, so idle memory would depend on the cache.
 
-`release_import_pages()` drops those mappings with madvise(MADV_DONTNEED): 691 -> 527 MiB
-and 577 -> 492-516 MiB; the fork server 176 -> 51 MiB, gunicorn's arbiter 53 -> 22 MiB.
-Only regions that cannot hold private data are touched: file-backed, private, never
-writable, with no anonymous (copy-on-write) pages. For those the kernel only clears
-page-table entries; the pages stay in the page cache, shared, and a later access (this
-process's own or a child's) maps them back with a minor fault. Children forked afterwards
-start with no entries for such regions either way (fork does not copy them), so they map
-only the code they run. Unmapped page cache is also what the kernel reclaims first.
+`release_import_pages()` drops those mappings with madvise(MADV_DONTNEED) (what it saves is
+in docs/benchmarks.md). Only regions that cannot hold private data are touched: file-backed,
+private, never writable, with no anonymous (copy-on-write) pages. For those the kernel only
+clears page-table entries; the pages stay in the page cache, shared, and a later access
+(this process's own or a child's) maps them back with a minor fault. Children forked
+afterwards start with no entries for such regions either way (fork does not copy them), so
+they map only the code they run. Unmapped page cache is also what the kernel reclaims first.
 """
 from __future__ import annotations
 

@@ -76,8 +76,7 @@ ERROR = "error"  # the item field of an error, as MXServeError.to_wire() writes 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 # Immutable records built several times per request on every hop: NamedTuples, which
-# construct in C (a frozen dataclass sets each field through object.__setattr__, and
-# showed up at ~8 % of the broker's CPU on the noop model).
+# construct in C (a frozen dataclass sets each field through object.__setattr__).
 
 
 class Item(NamedTuple):
@@ -284,7 +283,7 @@ def _array(descriptor: Any, frame: Any) -> tuple[str, Any]:
         if type(d) is not int or d < 0:  # `type`: a bool is an int, and not a dimension
             raise ProtocolError(f"array {name!r}: bad shape {shape!r}")
     buffer = _buffer(frame)
-    expected = math.prod(shape) * dt.itemsize  # exact ints; numpy's prod cost ~4 us a call
+    expected = math.prod(shape) * dt.itemsize  # exact ints; numpy's prod is slow on tuples
     if expected != len(buffer):
         raise ProtocolError(f"array {name!r}: shape {shape} of {dtype} needs {expected} bytes, "
                             f"frame has {len(buffer)}")

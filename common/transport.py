@@ -1,10 +1,9 @@
 """Sending and receiving one multipart message on a ZeroMQ socket, for the per-request path.
 
 pyzmq's send_multipart/recv_multipart combine `zmq.Flag` enum members for every frame
-(`SNDMORE | flags`, `getsockopt(RCVMORE)`), and enum arithmetic is slow Python: a send and
-receive of a 4-frame request took 18-23 µs through them and 7-12 µs through these
-(measured on an inproc pair here). Frames below pyzmq's copy threshold are copied on send
-either way; larger ones (image tensors) go zero-copy.
+(`SNDMORE | flags`, `getsockopt(RCVMORE)`), and enum arithmetic is slow Python; these use
+plain ints (docs/benchmarks.md has the figures). Frames below pyzmq's copy threshold are
+copied on send either way; larger ones (image tensors) go zero-copy.
 """
 from __future__ import annotations
 
@@ -19,8 +18,8 @@ _POLLIN = int(zmq.POLLIN)
 
 
 def has_message(socket: zmq.Socket) -> bool:
-    """Whether a message can be received now. Draining loops ask this instead of ending on a
-    NOBLOCK receive's zmq.Again: 2 µs against 5.5 µs for raising and catching it."""
+    """Whether a message can be received now. Receiving loops ask this instead of ending on
+    a NOBLOCK receive's zmq.Again, which costs more to raise and catch."""
     events = socket.getsockopt(_EVENTS)
     return isinstance(events, int) and bool(events & _POLLIN)
 

@@ -30,7 +30,6 @@ from mxserve.common.errors import (
     UnsupportedMediaType,
 )
 from mxserve.common.images import warm_up
-from mxserve.common.import_pages import settle_before_forking
 from mxserve.common.logs import setup_logging
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
@@ -149,8 +148,6 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     app.wsgi_app = PredictRoute(  # type: ignore[method-assign]
         app.wsgi_app, config, client, catalog, limits,
         custom_rules=[e.rule for e in endpoints if e.method == "post"])
-    # Built once in gunicorn's arbiter and forked (--preload) into each frontend process.
-    settle_before_forking()
 
     @app.get("/api-description")
     def api_description() -> Any:

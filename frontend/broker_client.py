@@ -8,9 +8,8 @@ Many threads, many sockets: concurrent requests from one process are multiplexed
 broker's ROUTER, which routes each reply back to the socket that asked.
 
 A waiting thread must learn at once when the broker dies (its request died with it), but
-must not wake up to check: at 32 connections on resnet18 a 100 ms liveness poll cost each
-request ~11 wake-ups, GIL hand-offs and preempted model workers (measured: frontend 8.8 ->
-7.9 ms and workers 68 -> 66 ms CPU per request with 1 s checks). So one `BrokerWatch` per
+must not wake up to check: a periodic liveness poll costs every request wake-ups, GIL
+hand-offs and preempted model workers (docs/benchmarks.md). So one `BrokerWatch` per
 process follows the connection through ZeroMQ's socket monitor and raises a file descriptor
 that every waiting thread polls beside its socket.
 """

@@ -92,8 +92,8 @@ def record_prediction(exchange: Exchange, status: int) -> None:
 
 @functools.lru_cache(maxsize=1024)  # loaded models x status classes; "-" for unknown ones
 def _series(model: str, status_class: str) -> tuple[Any, Any, Any, Any]:
-    """One request's metric children. `labels()` is a locked dict lookup, ~3 µs a call
-    here, and a request needs four."""
+    """One request's metric children, cached: `labels()` is a locked dict lookup, and a
+    request needs four."""
     return (metrics.PREDICTIONS.labels(model, status_class),
             metrics.REQUEST_SECONDS.labels(model), metrics.QUEUE_SECONDS.labels(model),
             metrics.INFERENCE_SECONDS.labels(model))

@@ -1,9 +1,8 @@
 """A predict request's form fields, read straight from the WSGI environ.
 
-The predict path is the one request that must be cheap. werkzeug's multipart parser took
-132 µs for a 100-byte JSON field and 643 µs for resnet18's 200 kB JPEG; the `multipart`
-package's push parser (Bottle's) takes 12.5 and 65 µs for the same bodies (measured,
-docs/benchmarks.md), so predict bodies are parsed with it. Both form encodings 0.4 clients
+The predict path is the one request that must be cheap, and the `multipart` package's push
+parser (Bottle's) is several times faster than werkzeug's on the same bodies
+(docs/benchmarks.md), so predict bodies are parsed with it. Both form encodings 0.4 clients
 use are accepted: multipart/form-data (files or text fields) and
 application/x-www-form-urlencoded (text fields: JSON tensors, base64 images).
 

@@ -1,15 +1,13 @@
 """POST /<model>/predict, served as plain WSGI in front of the Flask app.
 
-Flask's request context, URL dispatch, hooks and Response objects cost 0.3 ms of CPU per
-request and werkzeug's multipart parser another 0.3 ms (measured under gunicorn gthread on
-this project's 2-core machine: raw WSGI 0.38 ms/request, Flask reading the body 0.68,
-Flask with `request.files` 1.00; docs/benchmarks.md). For the one request a model server
-exists to answer that was most of the frontend's cost, so it skips Flask: this middleware
-(installed as `app.wsgi_app`, Flask's documented hook) answers every POST to a one-segment
-`/<name>/predict` path that no custom endpoint claims, and hands everything else to Flask,
-which keeps the other routes, the 405 for other methods and the error table. Answers are
-the same either way: the same JSON bytes (frontend/exchange.py), headers, access-log line
-and metrics.
+Flask's request context, URL dispatch, hooks and Response objects, and werkzeug's multipart
+parser, were most of the frontend's CPU per prediction (docs/benchmarks.md). For the one
+request a model server exists to answer, that is too much, so it skips Flask: this
+middleware (installed as `app.wsgi_app`, Flask's documented hook) answers every POST to a
+one-segment `/<name>/predict` path that no custom endpoint claims, and hands everything else
+to Flask, which keeps the other routes, the 405 for other methods and the error table.
+Answers are the same either way: the same JSON bytes (frontend/exchange.py), headers,
+access-log line and metrics.
 """
 from __future__ import annotations
 

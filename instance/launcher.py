@@ -57,6 +57,7 @@ from mxserve.common.errors import (
 )
 from mxserve.common.logs import LogRotator, setup_logging
 from mxserve.common.private_files import new_run_dir, private_dir
+from mxserve.frontend import gunicorn_hooks
 
 log = logging.getLogger("mxserve")
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 WORKER_CLASS = "mxserve.frontend.gunicorn_worker.ModelServerThreadWorker"
+HOOKS = "mxserve.frontend.gunicorn_hooks"  # server hooks, e.g. settling memory before forks
 
 
 def check_ports_free(config: Config) -> None:
@@ -159,6 +161,7 @@ def gunicorn_argv(c: Config) -> list[str]:
             "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
             "--error-logfile", c.log_file or "-", "--log-level", c.log_level.lower(),
             "--control-socket", os.path.join(c.run_dir, "gunicorn.ctl"),
+            "--config", f"python:{HOOKS}",
             # The app (Flask, numpy, OpenCV, Pillow, ZeroMQ's module) is built once in the
             # arbiter and forked: the frontend processes share those pages instead of each
             # importing its own copy, and a crashed one is replaced in a fork's time.
@@ -166,10 +169,9 @@ def gunicorn_argv(c: Config) -> list[str]:
 
 
 def frontend_env(env: dict[str, str]) -> dict[str, str]:
-    """gunicorn's environment: glibc gives each of a frontend's 32 threads its own malloc
-    arena (up to 8 per core), and each keeps what its requests freed. Two arenas halved a
-    frontend's growth under load (`benchmarks/soak.py`, resnet18, 32 connections, 5 min:
-    +27.5 MiB, against +52.4 MiB with glibc's default). An operator's own setting wins."""
+    """gunicorn's environment: glibc gives each of a frontend's threads its own malloc
+    arena (up to 8 per core), and each keeps what its requests freed; two arenas halve a
+    frontend's growth under load (`benchmarks/soak.py`). An operator's own setting wins."""
     return {**env, "MALLOC_ARENA_MAX": env.get("MALLOC_ARENA_MAX", "2")}
 
 
@@ -314,7 +316,8 @@ class Launcher:
                 "worker_connections": c.max_connections + 1,
                 "graceful_timeout": int(c.drain_timeout_s), "keepalive": 5,
                 "errorlog": c.log_file or "-", "loglevel": c.log_level.lower(),
-                "control_socket": os.path.join(c.run_dir, "gunicorn.ctl")}
+                "control_socket": os.path.join(c.run_dir, "gunicorn.ctl"),
+                "when_ready": gunicorn_hooks.when_ready}
 
     def _children_alive(self, watch_broker: bool = True) -> int | None:
         """None while the children run; else an exit code for us. `watch_broker=False`

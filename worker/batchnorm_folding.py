@@ -7,9 +7,8 @@ the convolution's weights and bias instead (the rewrite inference compilers do f
     W'    = W * scale   (per output channel)
     b'    = (b - moving_mean) * scale + beta        (b = 0 without a bias)
 
-One pass over the activations fewer per BatchNorm, and fewer parameters. Measured on the
-sample resnet18 (20 BatchNorms, 1 OpenMP thread, naive engine, alternating runs): batch 1
-62-70 -> 54-62 ms, batch 2-4 2-5 % faster, batch 8 the same; outputs differ by < 2e-6.
+One pass over the activations fewer per BatchNorm, and fewer parameters; the outputs are
+the same within float rounding (the speed-up is in docs/benchmarks.md).
 
 Only the unambiguous case is rewritten: a BatchNorm on channel axis 1 whose input is an
 NCHW Convolution used by nothing else, whose own extra outputs (batch mean and variance)
@@ -18,7 +17,7 @@ bias). Everything else is left as it was. The caller's parameter dicts are not m
 
 Planned from the parameters' names and shapes before binding, applied to the values after:
 the predictor binds first and loads the weights second, as without folding, so the loaded
-copy is freed above the executor's memory (loading first left a hole: +23 MiB per worker).
+copy is freed above the executor's memory (loading first leaves a hole in the heap).
 """
 from __future__ import annotations
 

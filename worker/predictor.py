@@ -39,7 +39,7 @@ def activation_bytes_per_sample(symbol_path: Path, input_shapes: dict[str, tuple
                                 ) -> int | None:
     """Bytes of every operator output for one sample (`input_shapes` with batch 1), as
     float32 and as if no buffer were reused: an upper bound of what one more sample in a
-    batch costs (resnet18 at 224x224: 32.6 MiB estimated; ~16 MiB measured). None when the
+    batch costs (buffer reuse makes the real cost about half). None when the
     shapes cannot be inferred (the predictor reports why, later)."""
     try:
         symbol = mx.sym.load(str(symbol_path))
@@ -194,7 +194,7 @@ class Predictor:
 
 def copy_rows(value: np.ndarray | mx.nd.NDArray, target: mx.nd.NDArray) -> None:
     """target[:len(value)] = value, without NDArray.__setitem__: its general indexing costs
-    0.1-0.5 ms of Python per call here, more than a small model's whole forward; a leading
+    more Python per call than a small model's whole forward; a leading
     axis-0 slice is a view (MXNDArraySlice) and the copy goes straight into it."""
     n = value.shape[0]
     rows = target if n == target.shape[0] else target[:n]

@@ -1,7 +1,28 @@
-"""gunicorn's environment: two malloc arenas unless the operator chose."""
+"""gunicorn's environment (two malloc arenas unless the operator chose) and its hooks."""
 from mxserve.instance.launcher import frontend_env
 
 
 def test_frontends_get_two_malloc_arenas_unless_set():
     assert frontend_env({"PATH": "/bin"}) == {"PATH": "/bin", "MALLOC_ARENA_MAX": "2"}
     assert frontend_env({"MALLOC_ARENA_MAX": "8"})["MALLOC_ARENA_MAX"] == "8"
+
+
+def test_gunicorn_settles_the_preloaded_app_before_forking_through_its_hook(monkeypatch):
+    """gunicorn's own parser reads the command line the launcher builds: the app is
+    preloaded and `when_ready` (before any frontend is forked) is ours."""
+    import sys
+
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    from mxserve.common.config import load_config
+    from mxserve.frontend import gunicorn_hooks
+    from mxserve.instance.launcher import gunicorn_argv
+
+    argv = gunicorn_argv(load_config({"run_dir": "/tmp"}, env={}))
+    monkeypatch.setattr(sys, "argv", ["gunicorn", *argv[3:]])
+    cfg = WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg
+    assert cfg.preload_app and cfg.when_ready is gunicorn_hooks.when_ready
+    settled = []
+    monkeypatch.setattr(gunicorn_hooks, "settle_before_forking", lambda: settled.append(1))
+    gunicorn_hooks.when_ready(None)
+    assert settled == [1]

@@ -47,34 +47,26 @@ class WorkerSpec:
 
     @property
     def env(self) -> dict[str, str]:
+        # Each default below is explained, with its measurements, in docs/benchmarks.md
+        # ("Measurements behind the design"); an operator's own setting always wins.
         env = {"OMP_NUM_THREADS": str(self.threads), "MXNET_CPU_WORKER_NTHREADS": "1",
-               # Per-batch-size executors each cache fused weights under MKLDNN's subgraph
-               # backend (+400 MB on resnet18); without it they share, within 3 % of its
-               # speed (worker/predictor.py). An operator's own setting wins.
+               # per-batch-size executors share weights only without MKLDNN's subgraphs
                "MXNET_SUBGRAPH_BACKEND": os.environ.get("MXNET_SUBGRAPH_BACKEND", "NONE"),
                "KMP_BLOCKTIME": os.environ.get("KMP_BLOCKTIME", "0")}
         if self.threads > 1:
-            # OpenMP threads spin between parallel regions by default; on cores shared
-            # with frontends and other workers that spinning is stolen time (a noop
-            # worker burned a whole core at one connection: 1322 -> 1843 req/s at 32).
+            # spinning OpenMP threads steal cores shared with frontends and other workers
             env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         else:
-            # A one-thread worker has OpenMP threads only while the broker lends it idle
-            # cores (worker/lent_cores.py), and then the other cores are idle: its threads
-            # may spin ~1 ms between a forward's back-to-back regions instead of sleeping
-            # (resnet18 lent forward, p50 at 1 connection: 55-62 -> 40-43 ms).
+            # a one-thread worker has OpenMP threads only while lent idle cores: a short
+            # spin between a forward's back-to-back regions beats sleeping there
             env["GOMP_SPINCOUNT"] = os.environ.get("GOMP_SPINCOUNT", "100000")
             if "OMP_WAIT_POLICY" in os.environ:
                 env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
         else:
-            # With one engine thread, MXNet's threaded engine only adds a thread handoff per
-            # operator (a wake-up costs ~35 us of system time on this VM); the naive engine
-            # runs each operator on the calling thread, still parallel inside it (OpenMP).
-            # Measured in-process: noop batch of 8 0.51 -> 0.20 ms, resnet18 the same speed
-            # within noise, 19 MB less resident per worker. GPUs keep the threaded engine
-            # (asynchronous kernel launches). An operator's own setting wins.
+            # one engine thread only adds a handoff per operator; GPUs keep the threaded
+            # engine for its asynchronous kernel launches
             env["MXNET_ENGINE_TYPE"] = os.environ.get("MXNET_ENGINE_TYPE", "NaiveEngine")
         return env
 

@@ -17,9 +17,9 @@ from mxserve.worker.services.utils import image, ndarray
 
 
 def images_to_batch(images: Sequence[np.ndarray]) -> np.ndarray:
-    """N images H x W x C uint8 -> one N x C x H x W float32 batch in C order. astype's
-    default order "K" kept the NHWC layout, so the executor copy did a second, strided
-    pass: a batch of 4 224x224 images took 3.2-4.7 ms, against 0.7 ms in C order."""
+    """N images H x W x C uint8 -> one N x C x H x W float32 batch in C order (astype's
+    default order "K" keeps the NHWC layout, and the executor copy then makes a second,
+    strided pass)."""
     return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32, order="C")
 
 
