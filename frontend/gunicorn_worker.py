@@ -24,14 +24,14 @@
    else imports this module) by our JSON error body with gunicorn's status and message.
 5. Waiting for a thread counts. gthread queues complete requests for its threads without
    limit. Each request is timed from the moment it is queued; a predict request that
-   waited longer than `frontend_queue_timeout_s` is answered 503 + Retry-After right here,
-   before Flask (a shed request must cost next to nothing, or shedding a burst starves the
-   health lane of the GIL), and the app takes the wait off the request's deadline
-   (frontend/request_context.py). Shedding by time, not by backlog length: a backlog of slow
+   waited longer than `frontend_queue_timeout_s` is answered 503 + Retry-After before any
+   parsing (frontend/request_path.py: a shed request must cost next to nothing, or
+   shedding a burst starves the health lane of the GIL), and the app takes the wait off
+   the request's deadline (frontend/request_context.py). Shedding by time, not by backlog length: a backlog of slow
    but servable requests is not overload.
 
 Built on gthread's internals of gunicorn 27 (enqueue_req, accept, murder_pending,
-TConn.parser); setup.py pins the major version.
+TConn.parser); pyproject.toml pins the major version.
 """
 from __future__ import annotations
 
@@ -116,9 +116,6 @@ class ModelServerThreadWorker(ThreadWorker):
         super().load_wsgi()
         app_config = getattr(self.wsgi, "config", {})
         self.limits = app_config.get(request_context.CLIENT_LIMITS_KEY, self.limits)
-        timeout_s = app_config.get(request_context.QUEUE_TIMEOUT_KEY)
-        if timeout_s is not None:  # our app (create_app) says how long is too long
-            self.wsgi = ShedLateRequests(self.wsgi, timeout_s)
 
     def accept(self, listener: socket.socket) -> None:
         try:
@@ -226,27 +223,3 @@ def _send_and_close(sock: socket.socket, data: bytes) -> None:
         sock.setblocking(False)
         _send(sock, data)
     util.close(sock)
-
-
-class ShedLateRequests:
-    """WSGI middleware: a predict request that waited too long for a thread gets its 503
-    here, without Flask; everything else goes to the app."""
-
-    def __init__(self, app: Any, timeout_s: float) -> None:
-        self.app = app
-        self.timeout_s = timeout_s
-
-    def __call__(self, environ: dict, start_response: Any) -> Any:
-        waited = request_context.waited_s()
-        if waited <= self.timeout_s or not environ.get("PATH_INFO", "").endswith("/predict"):
-            return self.app(environ, start_response)
-        metrics.ERRORS.labels(ServiceUnavailable.type).inc()
-        body = json.dumps({"code": 503, "type": ServiceUnavailable.type, "message": (
-            f"the server is overloaded (this request waited {waited:.1f}s for a frontend "
-            "thread); retry"), "request_id": ""}).encode()
-        start_response("503 Service Unavailable", [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-            ("Retry-After", "1")])
-        return [body]
-
-

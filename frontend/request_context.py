@@ -3,8 +3,8 @@ waited for the thread, and which listener it arrived on.
 
 The gunicorn worker (frontend/gunicorn_worker.py) times each request from the moment it
 queues it for a thread and knows the listening socket of each connection; the Flask app,
-later on that thread, reads both: a request that waited too long is shed (503), and the
-wait is taken off its deadline. The listener
+later on that thread, reads both: a prediction that waited too long is shed (503,
+frontend/request_path.py), and the wait is taken off its deadline. The listener
 decides whether management routes exist for a request (a Host header could be forged, the
 accepting socket cannot). Outside gunicorn (the Flask test client, other WSGI servers)
 no wait and no listener are known.
@@ -14,10 +14,8 @@ from __future__ import annotations
 import threading
 from typing import Any, NamedTuple
 
-# The Flask app's config keys through which the gunicorn worker learns
-# frontend_queue_timeout_s (its WSGI wrapper sheds late requests before Flask) and how
-# long and how many client connections may take.
-QUEUE_TIMEOUT_KEY = "MXSERVE_FRONTEND_QUEUE_TIMEOUT_S"
+# The Flask app's config key through which the gunicorn worker learns how long and how
+# many client connections may take.
 CLIENT_LIMITS_KEY = "MXSERVE_CLIENT_LIMITS"
 
 
