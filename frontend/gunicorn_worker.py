@@ -27,8 +27,8 @@
    waited longer than `frontend_queue_timeout_s` is answered 503 + Retry-After before any
    parsing (frontend/request_path.py: a shed request must cost next to nothing, or
    shedding a burst starves the health lane of the GIL), and the app takes the wait off
-   the request's deadline (frontend/request_context.py). Shedding by time, not by backlog length: a backlog of slow
-   but servable requests is not overload.
+   the request's deadline (frontend/request_context.py). Shedding by time, not by backlog
+   length: a backlog of slow but servable requests is not overload.
 
 Built on gthread's internals of gunicorn 27 (enqueue_req, accept, murder_pending,
 TConn.parser); pyproject.toml pins the major version.
