@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import INPUTS, LUA, ROOT, Stack  # noqa: E402
+from served import INPUTS, LUA, ROOT, Stack  # noqa: E402
 
 from mxserve.common.proctree import pss_bytes, role  # noqa: E402
 

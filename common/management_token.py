@@ -15,9 +15,10 @@ import secrets
 import stat
 from pathlib import Path
 
-from mxserve.common.config import MIN_TOKEN_CHARS, Config
+from mxserve.common.config import Config
 from mxserve.common.errors import ConfigError
 from mxserve.common.private_files import write_private
+from mxserve.common.settings import MIN_TOKEN_CHARS
 
 log = logging.getLogger("mxserve")
 

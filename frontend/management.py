@@ -37,9 +37,10 @@ from flask import Flask, Response, jsonify, request
 
 from mxserve.common import metrics
 from mxserve.common.archive import ExtractionLimits, load_archive
-from mxserve.common.config import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL, Config
+from mxserve.common.config import Config
 from mxserve.common.errors import Forbidden, InvalidInput, ModelNotFound, NotFound
 from mxserve.common.management_token import token_of
+from mxserve.common.settings import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL
 from mxserve.common.url_allowlist import parse_allowlist
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog

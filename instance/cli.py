@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return broker_main()
     if argv and argv[0] == "frontend":
-        from mxserve.instance.launcher import frontend_main
+        from mxserve.instance.gunicorn_wiring import frontend_main
 
         return frontend_main(argv[1:])
     if argv and argv[0] == "config":
@@ -82,8 +82,9 @@ def _config(argv: list[str]) -> int:
     """`mxserve config --show [start's flags]`: what `mxserve start` with the same flags,
     environment and --config file would run with, as TOML, each value's source beside it.
     `--markdown`: the table of every setting (docs/configuration.md)."""
-    from mxserve.common.config import add_arguments, load_config, markdown_table, show
+    from mxserve.common.config import load_config, show
     from mxserve.common.errors import ConfigError
+    from mxserve.common.settings import add_arguments, markdown_table
 
     parser = argparse.ArgumentParser(prog="mxserve config", description=_config.__doc__,
                                      argument_default=argparse.SUPPRESS)

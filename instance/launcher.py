@@ -39,14 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from mxserve.common import management_token
-from mxserve.common.child_processes import prepare_child, spawn
-from mxserve.common.config import (
-    Config,
-    add_arguments,
-    broker_endpoints,
-    load_config,
-    without_secrets,
-)
+from mxserve.common.child_processes import spawn
+from mxserve.common.config import Config, broker_endpoints, load_config, without_secrets
 from mxserve.common.errors import (
     EXIT_BAD_CONFIG,
     EXIT_CRASH,
@@ -57,7 +51,14 @@ from mxserve.common.errors import (
 )
 from mxserve.common.logs import LogRotator, setup_logging
 from mxserve.common.private_files import new_run_dir, private_dir
-from mxserve.frontend import gunicorn_hooks
+from mxserve.common.settings import add_arguments
+from mxserve.instance.gunicorn_wiring import (
+    ForkedGunicorn,
+    address,
+    embedded_options,
+    frontend_env,
+    gunicorn_argv,
+)
 
 log = logging.getLogger("mxserve")
 
@@ -100,10 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     return launcher.run()
 
 
-WORKER_CLASS = "mxserve.frontend.gunicorn_worker.ModelServerThreadWorker"
-HOOKS = "mxserve.frontend.gunicorn_hooks"  # server hooks, e.g. settling memory before forks
-
-
 def check_ports_free(config: Config) -> None:
     """Refuse a port another process holds now, before any model loads (gunicorn would
     only fail after the broker had loaded every model)."""
@@ -132,128 +129,6 @@ def metrics_dir(run_dir: str) -> str:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return str(path)
-
-
-def address(host: str, port: int) -> str:
-    """host:port, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def binds(c: Config) -> list[str]:
-    """gunicorn's listeners: host:port, the unix socket nginx proxies to and the management
-    listener, when set."""
-    addresses = [address(c.host, c.port)]
-    if c.unix_socket:
-        addresses.append(f"unix:{c.unix_socket}")
-    if c.management_port:
-        addresses.append(address(c.management_host, c.management_port))
-    return addresses
-
-
-def gunicorn_argv(c: Config) -> list[str]:
-    """The gunicorn command line for a configuration (its run_dir must be set)."""
-    return [sys.executable, "-m", "gunicorn", "--worker-class", WORKER_CLASS,
-            "--workers", str(c.frontend_workers), "--threads", str(c.frontend_threads),
-            # one over our own cap, so gthread keeps accepting and we refuse with a 503
-            "--worker-connections", str(c.max_connections + 1),
-            *[arg for bind in binds(c) for arg in ("--bind", bind)],
-            "--timeout", str(int(c.gunicorn_timeout_s)),
-            "--graceful-timeout", str(int(c.drain_timeout_s)), "--keep-alive", "5",
-            "--error-logfile", c.log_file or "-", "--log-level", c.log_level.lower(),
-            "--control-socket", os.path.join(c.run_dir, "gunicorn.ctl"),
-            "--config", f"python:{HOOKS}",
-            # The app (Flask, numpy, OpenCV, Pillow, ZeroMQ's module) is built once in the
-            # arbiter and forked: the frontend processes share those pages instead of each
-            # importing its own copy, and a crashed one is replaced in a fork's time.
-            "--preload", "mxserve.frontend.app:create_app()"]
-
-
-def frontend_env(env: dict[str, str]) -> dict[str, str]:
-    """gunicorn's environment: glibc gives each of a frontend's threads its own malloc
-    arena (up to 8 per core), and each keeps what its requests freed; two arenas halve a
-    frontend's growth under load (`benchmarks/soak.py`). An operator's own setting wins."""
-    return {**env, "MALLOC_ARENA_MAX": env.get("MALLOC_ARENA_MAX", "2")}
-
-
-def frontend_main(argv: list[str] | None = None) -> int:
-    """`mxserve frontend`: gunicorn alone, for supervisors that run the broker and the
-    frontends as separate programs (supervisord.conf). Configured like `mxserve start`;
-    MXSERVE_RUN_DIR must name the broker's run directory (its ipc sockets)."""
-    parser = argparse.ArgumentParser(prog="mxserve frontend", description=frontend_main.__doc__,
-                                     argument_default=argparse.SUPPRESS)
-    add_arguments(parser)
-    args = vars(parser.parse_args(argv))
-    config_file = args.pop("config", None)
-    try:
-        config = load_config(args, config_file)
-        if not config.run_dir:
-            raise ConfigError("run_dir must be set (the broker's run directory)")
-        run_dir = private_dir(config.run_dir)
-        setup_logging(config.log_level, config.log_file, "mxserve")
-        config = management_token.resolve(config, run_dir)
-    except MXServeError as exc:
-        print(f"mxserve frontend: error: {exc.message}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    frontend, workers, management = broker_endpoints(config, run_dir)
-    config = config.replace(broker_frontend=frontend, broker_workers=workers,
-                            broker_management=management)
-    env = {**without_secrets(os.environ), **config.to_env()}
-    env.pop("MXSERVE_CONFIG", None)
-    argv_ = gunicorn_argv(config)
-    os.execve(argv_[0], argv_, frontend_env(env))  # supervisord then signals gunicorn itself
-    return EXIT_CRASH  # not reached: execve replaces this process or raises
-
-
-class ForkedGunicorn:
-    """gunicorn's arbiter in a forked child, serving an app object built in this process.
-
-    For embedding (ServingFrontend): routes whose callbacks live in the user's program
-    cannot be imported by a fresh `python -m gunicorn`; forked, every gunicorn worker has
-    them. Offers the part of subprocess.Popen's interface the Launcher uses.
-    """
-
-    def __init__(self, app: Any, options: dict[str, Any]) -> None:
-        import multiprocessing
-
-        self._process = multiprocessing.get_context("fork").Process(
-            target=_run_gunicorn, args=(app, options), name="gunicorn", daemon=False)
-        self._process.start()
-        self.pid = self._process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._process.exitcode
-
-    def poll(self) -> int | None:
-        return self._process.exitcode
-
-    def send_signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def wait(self, timeout: float | None = None) -> int:
-        self._process.join(timeout)
-        if self._process.exitcode is None:
-            raise subprocess.TimeoutExpired("gunicorn", timeout or 0)
-        return self._process.exitcode
-
-    def kill(self) -> None:
-        self._process.kill()
-
-
-def _run_gunicorn(app: Any, options: dict[str, Any]) -> None:
-    from gunicorn.app.base import BaseApplication
-
-    prepare_child()
-
-    class EmbeddedApplication(BaseApplication):
-        def load_config(self) -> None:
-            for key, value in options.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return app
-
-    EmbeddedApplication().run()
 
 
 class Launcher:
@@ -297,7 +172,7 @@ class Launcher:
             if self.app is None:
                 self.gunicorn = spawn(gunicorn_argv(self.config), frontend_env(env))
             else:
-                self.gunicorn = ForkedGunicorn(self.app, self._gunicorn_options())
+                self.gunicorn = ForkedGunicorn(self.app, embedded_options(self.config))
             code = self._wait_until_ready()
             if code is None:
                 code = self._serve()
@@ -306,18 +181,6 @@ class Launcher:
             if self.owns_run_dir:
                 shutil.rmtree(self.config.run_dir, ignore_errors=True)
         return code
-
-    def _gunicorn_options(self) -> dict[str, Any]:
-        c = self.config
-        return {"bind": binds(c),
-                "worker_class": WORKER_CLASS,
-                "workers": c.frontend_workers,
-                "threads": c.frontend_threads, "timeout": int(c.gunicorn_timeout_s),
-                "worker_connections": c.max_connections + 1,
-                "graceful_timeout": int(c.drain_timeout_s), "keepalive": 5,
-                "errorlog": c.log_file or "-", "loglevel": c.log_level.lower(),
-                "control_socket": os.path.join(c.run_dir, "gunicorn.ctl"),
-                "when_ready": gunicorn_hooks.when_ready}
 
     def _children_alive(self, watch_broker: bool = True) -> int | None:
         """None while the children run; else an exit code for us. `watch_broker=False`

@@ -17,7 +17,6 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from mxserve.common.config import BY_NAME
 from mxserve.common.errors import (
     DeadlineExceeded,
     InternalServerError,
@@ -27,6 +26,7 @@ from mxserve.common.errors import (
     exception_text,
 )
 from mxserve.common.protocol import ANSWER, Item, RequestItem, answer_json, error_item, read_fields
+from mxserve.common.settings import BY_NAME
 from mxserve.common.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from mxserve.common.child_processes import die_with_parent
-from mxserve.common.config import BY_NAME, MIN_FRAME_BYTES
+from mxserve.common.config import MIN_FRAME_BYTES
 from mxserve.common.errors import (
     EXIT_CRASH,
     EXIT_MODEL_LOAD,
@@ -54,6 +54,7 @@ from mxserve.common.protocol import (
     read_fields,
     to_frames,
 )
+from mxserve.common.settings import BY_NAME
 from mxserve.worker.batch import (  # numpy only: safe before OMP_NUM_THREADS
     BatchTiming,
     ImageLimits,

@@ -97,7 +97,7 @@ def test_per_model_service_overrides():
 def test_docs_configuration_table_is_generated_from_the_settings():
     from pathlib import Path
 
-    from mxserve.common.config import markdown_table
+    from mxserve.common.settings import markdown_table
 
     text = (Path(__file__).resolve().parent.parent.parent / "docs" / "configuration.md").read_text()
     table = text.split("<!-- settings: begin -->\n")[1].split("<!-- settings: end -->")[0]

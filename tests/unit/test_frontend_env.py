@@ -1,5 +1,5 @@
 """gunicorn's environment (two malloc arenas unless the operator chose) and its hooks."""
-from mxserve.instance.launcher import frontend_env
+from mxserve.instance.gunicorn_wiring import frontend_env
 
 
 def test_frontends_get_two_malloc_arenas_unless_set():
@@ -16,7 +16,7 @@ def test_gunicorn_settles_the_preloaded_app_before_forking_through_its_hook(monk
 
     from mxserve.common.config import load_config
     from mxserve.frontend import gunicorn_hooks
-    from mxserve.instance.launcher import gunicorn_argv
+    from mxserve.instance.gunicorn_wiring import gunicorn_argv
 
     argv = gunicorn_argv(load_config({"run_dir": "/tmp"}, env={}))
     monkeypatch.setattr(sys, "argv", ["gunicorn", *argv[3:]])
@@ -26,3 +26,21 @@ def test_gunicorn_settles_the_preloaded_app_before_forking_through_its_hook(monk
     monkeypatch.setattr(gunicorn_hooks, "settle_before_forking", lambda: settled.append(1))
     gunicorn_hooks.when_ready(None)
     assert settled == [1]
+
+
+def test_the_command_line_and_the_embedded_gunicorn_get_the_same_settings(monkeypatch):
+    import sys
+
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    from mxserve.common.config import load_config
+    from mxserve.instance.gunicorn_wiring import embedded_options, gunicorn_argv
+
+    config = load_config({"run_dir": "/tmp", "management_port": 8081, "log_level": "DEBUG",
+                          "frontend_threads": 7}, env={})
+    monkeypatch.setattr(sys, "argv", ["gunicorn", *gunicorn_argv(config)[3:]])
+    cfg = WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg
+    options = embedded_options(config)
+    assert options["bind"] == ["127.0.0.1:8080", "127.0.0.1:8081"]
+    for name, value in options.items():
+        assert cfg.settings[name].get() == value, name

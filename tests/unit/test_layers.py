@@ -105,3 +105,14 @@ def test_no_import_cycle():
 def test_the_cycle_finder_finds_cycles():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+MAX_LINES = 400  # past this a module holds more than one concept; split it
+
+
+def test_no_source_file_is_over_400_lines():
+    folders = [*RANK, "tests", "scripts", "benchmarks", "examples"]
+    sizes = {str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+             for folder in folders for path in (ROOT / folder).rglob("*.py")}
+    assert len(sizes) > 100
+    assert {path: n for path, n in sizes.items() if n > MAX_LINES} == {}

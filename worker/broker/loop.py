@@ -29,7 +29,6 @@ import zmq
 from mxserve.common import metrics
 from mxserve.common.child_processes import become_subreaper
 from mxserve.common.config import (
-    SECRET_ENV,
     Config,
     broker_endpoints,
     load_config,
@@ -56,6 +55,7 @@ from mxserve.common.protocol import (
     from_frames,
     to_frames,
 )
+from mxserve.common.settings import SECRET_ENV
 from mxserve.common.transport import NOBLOCK, has_message, recv_frames, send_frames
 from mxserve.worker.broker.models import ModelRegistry, load_configured
 from mxserve.worker.broker.pool import WorkerPool, plan_workers

@@ -11,16 +11,10 @@ from typing import Any
 
 from mxserve.common import metrics
 from mxserve.common.archive import load_archive
-from mxserve.common.config import (
-    MAX_BATCH_DELAY_MS,
-    MAX_WORKERS_PER_MODEL,
-    Config,
-    batching_for,
-    parse_model_spec,
-    service_for,
-)
+from mxserve.common.config import Config, batching_for, parse_model_spec, service_for
 from mxserve.common.errors import InvalidInput, ModelNotFound, MXServeError, ProtocolError
 from mxserve.common.protocol import ERROR, RESULT, Manage, read_fields
+from mxserve.common.settings import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL
 from mxserve.worker.broker.pool import WorkerPool, WorkerSpec, plan_workers
 from mxserve.worker.broker.saved_models import SavedModels
 from mxserve.worker.broker.scheduler import Scheduler
