@@ -9,6 +9,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -22,40 +23,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 VARIANTS = ("mkldnn", "plain", "folded")
 
 
-def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
-                  seconds: float, variant: str, results: mp.Queue) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if variant == "mkldnn" else "NONE"
-    import mxnet as mx
-
-    from mxserve.common.archive import load_archive
-    from mxserve.frontend.decode import Limits, decode_image
-    from mxserve.worker.predictor import Predictor
-    from mxserve.worker.services.vision import images_to_batch
-
-    archive = load_archive(model_dir, extract_dir)
-    spec = archive.signature.inputs[0]
-    predictor = Predictor(archive.symbol_path, archive.params_path, [spec.name],
-                                  [tuple(spec.shape[1:])], mx.cpu(),
-                                  fold_batch_norm=variant == "folded")
-    predictor.set_max_batch_size(batch)
-    data = Path(input_file).read_bytes()
-
-    def step() -> None:
-        images = [decode_image(data, spec, Limits()) for _ in range(batch)]
-        predictor.forward([images_to_batch(images)])[0].asnumpy()  # as served
-
-    for _ in range(3):
-        step()
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        step()
-        done += batch
-    results.put(done / (time.perf_counter() - started))
-
-
-def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: int,
-                    variant: str, results: mp.Queue) -> None:
+def _served_forward(model_dir: str, extract_dir: str, input_file: str, threads: int,
+                    variant: str, batch: int) -> Callable[[], None]:
+    """One step as a served worker runs it: decode `batch` images, forward, copy out."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MXNET_SUBGRAPH_BACKEND"] = "MKLDNN" if variant == "mkldnn" else "NONE"
     import mxnet as mx
@@ -68,13 +38,37 @@ def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: 
     archive = load_archive(model_dir, extract_dir)
     spec = archive.signature.inputs[0]
     predictor = Predictor(archive.symbol_path, archive.params_path, [spec.name],
-                                  [tuple(spec.shape[1:])], mx.cpu(),
-                                  fold_batch_norm=variant == "folded")
+                          [tuple(spec.shape[1:])], mx.cpu(),
+                          fold_batch_norm=variant == "folded")
+    predictor.set_max_batch_size(batch)
     data = Path(input_file).read_bytes()
+
+    def step() -> None:
+        images = [decode_image(data, spec, Limits()) for _ in range(batch)]
+        predictor.forward([images_to_batch(images)])[0].asnumpy()
+
+    return step
+
+
+def _limit_worker(model_dir: str, extract_dir: str, input_file: str, batch: int,
+                  seconds: float, variant: str, results: mp.Queue) -> None:
+    step = _served_forward(model_dir, extract_dir, input_file, 1, variant, batch)
+    for _ in range(3):
+        step()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        done += batch
+    results.put(done / (time.perf_counter() - started))
+
+
+def _latency_worker(model_dir: str, extract_dir: str, input_file: str, threads: int,
+                    variant: str, results: mp.Queue) -> None:
+    step = _served_forward(model_dir, extract_dir, input_file, threads, variant, 1)
     samples = []
     for i in range(40):
         started = time.perf_counter()
-        predictor.forward([images_to_batch([decode_image(data, spec, Limits())])])[0].asnumpy()
+        step()
         if i >= 5:
             samples.append((time.perf_counter() - started) * 1000)
     results.put(statistics.median(samples))
