@@ -1,6 +1,6 @@
 """What one request/response exchange leaves behind: its access-log line, its metrics, and
-the JSON bytes of its answer. Shared by the predict route (frontend/predict.py, plain
-WSGI) and the Flask routes (frontend/app.py), so both log, count and encode alike.
+the JSON bytes of its answer. Used by frontend/request_path.py, the path every request
+takes, so every route logs, counts and encodes alike.
 """
 from __future__ import annotations
 

@@ -42,7 +42,6 @@ from mxserve.frontend.request_context import waited_s
 
 log = logging.getLogger("frontend")
 
-EXCHANGE_KEY = "mxserve.exchange"  # the WSGI environ key of the request's Exchange
 JSON = ("Content-Type", "application/json")
 
 # werkzeug's own HTTP errors, expressed in our error table.
@@ -67,11 +66,6 @@ class DirectRoute:
     is_prediction: bool = True  # counted in the prediction metrics; shed when late
 
 
-def current_exchange(environ: dict[str, Any]) -> Exchange | None:
-    """The Exchange of the request a Flask view is answering."""
-    return environ.get(EXCHANGE_KEY)
-
-
 class RequestPath:
     """WSGI: Exchange in, answer out; direct routes here, the rest through Flask."""
 
@@ -94,7 +88,6 @@ class RequestPath:
         exchange = Exchange(request_id_for(environ.get("HTTP_X_REQUEST_ID", ""), wire_id),
                             wire_id, environ.get("REQUEST_METHOD", ""),
                             _wsgi_text(environ.get("PATH_INFO", "")), waited_s=waited_s())
-        environ[EXCHANGE_KEY] = exchange
         headers: Headers = [("X-Request-Id", exchange.request_id)]
         route = None
         try:
@@ -113,6 +106,7 @@ class RequestPath:
             redirect = _redirect(error)
             if redirect is not None:
                 return redirect(environ, start_response)
+            del headers[1:]  # an error answer keeps only X-Request-Id of what was set
             status, body = self._error_answer(error, exchange, headers)
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)

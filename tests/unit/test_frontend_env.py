@@ -1,5 +1,17 @@
 """gunicorn's environment (two malloc arenas unless the operator chose) and its hooks."""
-from mxserve.instance.gunicorn_wiring import frontend_env
+import sys
+
+from gunicorn.app.wsgiapp import WSGIApplication
+
+from mxserve.common.config import load_config
+from mxserve.frontend import gunicorn_hooks
+from mxserve.instance.gunicorn_wiring import embedded_options, frontend_env, gunicorn_argv
+
+
+def _parsed_by_gunicorn(argv, monkeypatch):
+    """gunicorn's own parser reading the command line the launcher builds."""
+    monkeypatch.setattr(sys, "argv", ["gunicorn", *argv[3:]])  # past `python -m gunicorn`
+    return WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg
 
 
 def test_frontends_get_two_malloc_arenas_unless_set():
@@ -8,19 +20,9 @@ def test_frontends_get_two_malloc_arenas_unless_set():
 
 
 def test_gunicorn_settles_the_preloaded_app_before_forking_through_its_hook(monkeypatch):
-    """gunicorn's own parser reads the command line the launcher builds: the app is
-    preloaded and `when_ready` (before any frontend is forked) is ours."""
-    import sys
-
-    from gunicorn.app.wsgiapp import WSGIApplication
-
-    from mxserve.common.config import load_config
-    from mxserve.frontend import gunicorn_hooks
-    from mxserve.instance.gunicorn_wiring import gunicorn_argv
-
-    argv = gunicorn_argv(load_config({"run_dir": "/tmp"}, env={}))
-    monkeypatch.setattr(sys, "argv", ["gunicorn", *argv[3:]])
-    cfg = WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg
+    """The app is preloaded and `when_ready` (before any frontend is forked) is ours."""
+    cfg = _parsed_by_gunicorn(gunicorn_argv(load_config({"run_dir": "/tmp"}, env={})),
+                              monkeypatch)
     assert cfg.preload_app and cfg.when_ready is gunicorn_hooks.when_ready
     settled = []
     monkeypatch.setattr(gunicorn_hooks, "settle_before_forking", lambda: settled.append(1))
@@ -29,17 +31,9 @@ def test_gunicorn_settles_the_preloaded_app_before_forking_through_its_hook(monk
 
 
 def test_the_command_line_and_the_embedded_gunicorn_get_the_same_settings(monkeypatch):
-    import sys
-
-    from gunicorn.app.wsgiapp import WSGIApplication
-
-    from mxserve.common.config import load_config
-    from mxserve.instance.gunicorn_wiring import embedded_options, gunicorn_argv
-
     config = load_config({"run_dir": "/tmp", "management_port": 8081, "log_level": "DEBUG",
                           "frontend_threads": 7}, env={})
-    monkeypatch.setattr(sys, "argv", ["gunicorn", *gunicorn_argv(config)[3:]])
-    cfg = WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg
+    cfg = _parsed_by_gunicorn(gunicorn_argv(config), monkeypatch)
     options = embedded_options(config)
     assert options["bind"] == ["127.0.0.1:8080", "127.0.0.1:8081"]
     for name, value in options.items():
