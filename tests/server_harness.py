@@ -25,37 +25,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def eventually(check: Callable[[], object], timeout_s: float = 30.0, what: str = "condition",
+               every_s: float = 0.1) -> object:
+    """Poll `check` until it returns something truthy and return that; a connection error
+    counts as "not yet". The one polling loop of the suite: no test sleeps on a guess."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s}s")
+        time.sleep(every_s)
+
+
 def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float,
                  output: Callable[[], str]) -> None:
     """Poll GET /ping until 200; fail at once, with the process's output, if it exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}:\n"
                                + output()[-3000:])
-        try:
-            if requests.get(url + "/ping", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("server not ready:\n" + output()[-3000:])
+        return requests.get(url + "/ping", timeout=2).status_code == 200
+
+    try:
+        eventually(healthy, timeout_s, "/ping 200", every_s=0.2)
+    except AssertionError:
+        raise TimeoutError("server not ready:\n" + output()[-3000:]) from None
 
 
 def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
     """The processes of `pids` still alive after up to `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        left = {pid for pid in pids if alive(pid)}
-        if not left:
-            return left
-        time.sleep(0.1)
+    try:
+        eventually(lambda: not any(alive(pid) for pid in pids), timeout_s, "exit")
+    except AssertionError:
+        pass
     return {pid for pid in pids if alive(pid)}
 
 
 class Server:
+    """`mxserve start` in a child process. As a context manager it waits until ready (or,
+    with `until="settled"`, until no model is still loading), and on leaving stops it and
+    fails the test unless it exited 0."""
+
     def __init__(self, models: list[str], *extra: str, frontend_workers: int = 2,
-                 env: dict[str, str] | None = None, token_file: bool = True) -> None:
+                 env: dict[str, str] | None = None, token_file: bool = True,
+                 until: str = "ready") -> None:
         """`token_file=False`: no --management-token-file, so the server generates its
         token as a default start does."""
         self.port = free_port()
@@ -77,13 +95,36 @@ class Server:
         env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
         self.log_path = tmp / f"mxserve-test-{self.port}.log"
         self.log = open(self.log_path, "wb")
+        self.until = until
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mxserve.instance.cli", "start", "--models", *models,
              "--port", str(self.port), "--frontend-workers", str(frontend_workers), *extra],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
+    def __enter__(self) -> Server:
+        try:
+            return self.wait_ready() if self.until == "ready" else self.wait_settled()
+        except BaseException:
+            self.kill_tree()
+            raise
+
+    def __exit__(self, failure: type | None, *_: object) -> None:
+        code = self.stop()
+        if failure is None:
+            assert code == 0, f"mxserve exited {code}:\n" + self.log_text()[-5000:]
+
     def wait_ready(self, timeout_s: float = 180.0) -> Server:
         wait_healthy(self.url, self.process, timeout_s, self.log_text)
+        return self
+
+    def wait_settled(self, timeout_s: float = 120.0) -> Server:
+        """Every model ready or failed (/ping answers, 503 while one has failed)."""
+        def settled() -> bool:
+            assert self.process.poll() is None, self.log_text()[-3000:]
+            models = requests.get(self.url + "/ping", timeout=2).json().get("models")
+            return models is not None and "loading" not in models.values()
+
+        eventually(settled, timeout_s, "models settled", every_s=0.2)
         return self
 
     def processes(self, marker: str) -> list[int]:
@@ -105,10 +146,12 @@ class Server:
         return BrokerClient(f"ipc://{self.run_dir()}/frontends.sock").catalog(timeout_s)
 
     def log_text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM (unless it already exited) and its exit code; stopping twice is fine."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
