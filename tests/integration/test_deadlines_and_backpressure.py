@@ -27,17 +27,13 @@ QUEUE = 4
 @pytest.fixture(scope="module")
 def faulty(sample_models, tmp_path_factory):
     executed = tmp_path_factory.mktemp("faulty") / "executed.log"
-    server = Server([f"faulty={sample_models['noop']}"],
-                    "--services", f"faulty={DATA / 'services' / 'faulty.py'}",
-                    "--workers-per-model", "2", "--max-batch-size", "1",
-                    "--request-timeout-s", str(TIMEOUT_S), "--max-queue-size", str(QUEUE),
-                    env={"FAULTY_LOG": str(executed)})
-    server.executed = executed
-    try:
-        yield server.wait_ready()
-    finally:
-        if server.stop() != 0:
-            print(server.log_text()[-5000:])
+    with Server([f"faulty={sample_models['noop']}"],
+                "--services", f"faulty={DATA / 'services' / 'faulty.py'}",
+                "--workers-per-model", "2", "--max-batch-size", "1",
+                "--request-timeout-s", str(TIMEOUT_S), "--max-queue-size", str(QUEUE),
+                env={"FAULTY_LOG": str(executed)}) as server:
+        server.executed = executed
+        yield server
 
 
 def post(server, row, timeout=30):

@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import requests
 from openapi_spec_validator import validate
 
-from mxserve.common.proctree import alive, cmdline, descendants
-from tests.server_harness import ROOT, free_port, wait_healthy
+from mxserve.common.proctree import cmdline, descendants
+from tests.server_harness import ROOT, free_port, wait_gone, wait_healthy
 
 
 def test_example_serves_its_endpoint_on_every_frontend_process_and_predicts(sample_models):
@@ -71,10 +70,7 @@ def test_example_serves_its_endpoint_on_every_frontend_process_and_predicts(samp
         tree = descendants(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in tree if alive(pid)]
+        assert wait_gone(tree, 10) == set()
 
 
 def _parent(pid: int) -> int:

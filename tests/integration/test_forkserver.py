@@ -12,7 +12,7 @@ import requests
 from mxserve.common.child_processes import spawn
 from mxserve.common.proctree import alive, parent
 from mxserve.worker.broker.forkserver_client import ForkServer
-from tests.server_harness import Server, wait_gone
+from tests.server_harness import Server, eventually, wait_gone
 
 
 def predict_digit(server: Server, image: bytes) -> int:
@@ -23,9 +23,7 @@ def predict_digit(server: Server, image: bytes) -> int:
 def test_workers_outlive_their_fork_server_and_lose_no_request(sample_models):
     """SIGKILL of the fork server under load: its workers are adopted by the broker and
     keep serving (0 failed requests), a new server forks later workers."""
-    server = Server([f"digits={sample_models['digits']}"], "--workers-per-model", "2")
-    try:
-        server.wait_ready()
+    with Server([f"digits={sample_models['digits']}"], "--workers-per-model", "2") as server:
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
         [fork_server] = server.processes("worker.forkserver")
         [broker] = server.processes("worker.broker")
@@ -41,16 +39,16 @@ def test_workers_outlive_their_fork_server_and_lose_no_request(sample_models):
         clients = [threading.Thread(target=load) for _ in range(4)]
         for client in clients:
             client.start()
-        time.sleep(1.0)
+        eventually(lambda: len(statuses) >= 16, 30, "answers under load")
         os.kill(fork_server, signal.SIGKILL)
-        killed = time.monotonic()
-        while True:
-            assert time.monotonic() - killed < 60, "no new fork server in 60 s"
+
+        def replaced() -> list[int] | None:
             servers = server.processes("worker.forkserver")
-            if len(servers) == 1 and servers[0] != fork_server:
-                break
-            time.sleep(0.2)
-        time.sleep(2.0)  # still under load with the new server up
+            return servers if len(servers) == 1 and servers[0] != fork_server else None
+
+        servers = eventually(replaced, 60, "new fork server")
+        answered = len(statuses)  # still under load with the new server up:
+        eventually(lambda: len(statuses) >= answered + 100, 30, "answers after the new server")
         stop.set()
         for client in clients:
             client.join()
@@ -61,41 +59,32 @@ def test_workers_outlive_their_fork_server_and_lose_no_request(sample_models):
         # A worker that dies now is replaced by a fork of the new server, and the adopted
         # one is reaped by the broker like any child.
         os.kill(workers[0], signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() - deadline < 0, "the killed worker was not replaced"
+
+        def replaced_by_a_fork_of_the_new_server() -> bool:
             new = set(server.processes("worker --archive")) - set(workers)
-            if (len(new) == 1 and parent(new.pop()) == servers[0]
-                    and server.catalog()["models"]["digits"]["ready"] == 2):
-                break
-            time.sleep(0.2)
+            return (len(new) == 1 and parent(new.pop()) == servers[0]
+                    and server.catalog()["models"]["digits"]["ready"] == 2)
+
+        eventually(replaced_by_a_fork_of_the_new_server, 60, "replacement of the killed worker")
         assert all(predict_digit(server, image) == 200 for _ in range(8))
         print(f"fork server killed under load: {len(statuses)} requests, all 200")
-    finally:
-        assert server.stop() == 0
     assert not any(alive(pid) for pid in workers)
 
 
 def test_without_fork_workers_each_worker_is_a_fresh_process(sample_models):
-    server = Server([f"digits={sample_models['digits']}"], "--workers-per-model", "2",
-                    "--no-fork-workers")
-    try:
-        server.wait_ready()
+    with Server([f"digits={sample_models['digits']}"], "--workers-per-model", "2",
+                "--no-fork-workers") as server:
         [broker] = server.processes("worker.broker")
         assert server.processes("worker.forkserver") == []
         workers = server.processes("worker --archive")
         assert len(workers) == 2 and all(parent(pid) == broker for pid in workers)
         image = (sample_models["digits"].parent / "examples" / "digit_0.jpg").read_bytes()
         assert predict_digit(server, image) == 200
-    finally:
-        assert server.stop() == 0
 
 
 def started(fork_server: ForkServer, timeout_s: float = 60.0) -> ForkServer:
-    deadline = time.monotonic() + timeout_s
-    while not fork_server.can_fork(fork_server.env):
-        assert time.monotonic() < deadline, "the fork server never said READY"
-        time.sleep(0.05)
+    eventually(lambda: fork_server.can_fork(fork_server.env), timeout_s, "READY from the fork "
+               "server", every_s=0.05)
     return fork_server
 
 

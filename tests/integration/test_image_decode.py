@@ -16,10 +16,8 @@ def decode_ms(response: requests.Response) -> float:
 def test_frontend_and_worker_decoding_give_the_same_answers(server, sample_models):
     examples = sample_models["resnet18"].parent / "examples"
     cases = [("resnet18", "china.jpg"), ("resnet18", "flower.jpg"), ("digits", "digit_0.jpg")]
-    by_frontend = Server([f"digits={sample_models['digits']}",
-                          f"resnet18={sample_models['resnet18']}"], "--image-decode", "frontend")
-    try:
-        by_frontend.wait_ready()
+    with Server([f"digits={sample_models['digits']}", f"resnet18={sample_models['resnet18']}"],
+                "--image-decode", "frontend") as by_frontend:
         assert "images decoded by the frontends" in by_frontend.log_text()
         assert "images decoded by the workers" in server.log_text()  # the default, on CPU
         for model, name in cases:
@@ -36,5 +34,3 @@ def test_frontend_and_worker_decoding_give_the_same_answers(server, sample_model
         response = requests.post(f"{by_frontend.url}/resnet18/predict",
                                  files={"data": truncated}, timeout=60)
         assert response.status_code == 400 and response.json()["type"] == "InvalidInput"
-    finally:
-        assert by_frontend.stop() == 0

@@ -18,7 +18,7 @@ import requests
 
 from tests.conftest import DATA
 from tests.integration.test_server_http import assert_error
-from tests.server_harness import Server, free_port
+from tests.server_harness import Server, eventually, free_port
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +35,22 @@ def managed(sample_models, tmp_path_factory):
         functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served)))
     threading.Thread(target=files.serve_forever, daemon=True).start()
     files_url = f"http://127.0.0.1:{files.server_address[1]}"
-    server = Server([f"digits={sample_models['digits']}"],
+    try:
+        with Server([f"digits={sample_models['digits']}"],
                     "--model-url-allowlist", f"{files_url}/allowed/", "--enable-model-api",
                     "--model-store", str(store),
-                    "--services", f"slow={DATA / 'services' / 'faulty.py'}")
-    server.files_url = files_url
-    server.store = store
-    server.api = requests.Session()
-    server.api.headers.update(server.admin_headers)
-    try:
-        yield server.wait_ready()
+                    "--services", f"slow={DATA / 'services' / 'faulty.py'}") as server:
+            server.files_url = files_url
+            server.store = store
+            server.api = requests.Session()
+            server.api.headers.update(server.admin_headers)
+            yield server
     finally:
         files.shutdown()
-        if server.stop() != 0:
-            print(server.log_text()[-5000:])
 
 
 def wait_for(check, timeout_s=60.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} in {timeout_s}s")
+    return eventually(check, timeout_s, what, every_s=0.2)
 
 
 def model(managed, name):

@@ -18,7 +18,7 @@ from mxserve.common.config import load_config
 from mxserve.instance.nginx import render
 from tests.conftest import DATA
 from tests.integration.test_server_http import assert_error
-from tests.server_harness import Server, free_port
+from tests.server_harness import Server, eventually, free_port
 
 TIMEOUT_S = 3.0
 
@@ -30,38 +30,30 @@ def stack(sample_models, tmp_path_factory):
     prefix = tmp_path_factory.mktemp("nginx")
     (prefix / "tmp").mkdir()
     sock = prefix / "gunicorn.sock"
-    server = Server([f"digits={sample_models['digits']}", f"faulty={sample_models['noop']}"],
-                    "--services", f"faulty={DATA / 'services' / 'faulty.py'}",
-                    "--workers-per-model", "2", "--max-batch-size", "1",
-                    "--request-timeout-s", str(TIMEOUT_S), "--max-queue-size", "4",
-                    "--unix-socket", str(sock))
     port = free_port()
     config = load_config({"unix_socket": str(sock), "request_timeout_s": TIMEOUT_S}, env={})
     (prefix / "nginx.conf").write_text(render(config, f"127.0.0.1:{port}"))
     # As root, nginx's workers would drop to "nobody", who cannot reach a socket in a
     # private temp folder; production runs nginx as its own user with a shared folder.
     user = ["-g", "daemon off; user root;"] if os.geteuid() == 0 else ["-g", "daemon off;"]
-    proxy = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), *user],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    server.proxy_url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_ready()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if requests.get(server.proxy_url + "/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert proxy.poll() is None, proxy.stdout.read().decode()
-            assert time.monotonic() < deadline, "nginx never proxied /ping"
-            time.sleep(0.1)
-        yield server
-    finally:
-        proxy.terminate()
-        proxy.wait(10)
-        if server.process.poll() is None:
-            server.stop()
+    with Server([f"digits={sample_models['digits']}", f"faulty={sample_models['noop']}"],
+                "--services", f"faulty={DATA / 'services' / 'faulty.py'}",
+                "--workers-per-model", "2", "--max-batch-size", "1",
+                "--request-timeout-s", str(TIMEOUT_S), "--max-queue-size", "4",
+                "--unix-socket", str(sock)) as server:
+        proxy = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                                  *user], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        server.proxy_url = f"http://127.0.0.1:{port}"
+        try:
+            def proxied() -> bool:
+                assert proxy.poll() is None, proxy.stdout.read().decode()
+                return requests.get(server.proxy_url + "/ping", timeout=2).status_code == 200
+
+            eventually(proxied, 20, "/ping through nginx")
+            yield server
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
 
 
 def through(stack, model, timeout=30, **kwargs):

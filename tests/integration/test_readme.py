@@ -9,13 +9,12 @@ import re
 import shlex
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.server_harness import ROOT as THIS_ROOT
-from tests.server_harness import descendants, free_port, wait_healthy
+from tests.server_harness import descendants, free_port, wait_gone, wait_healthy
 
 ROOT = Path(os.environ.get("MXSERVE_README_ROOT", THIS_ROOT))
 
@@ -72,10 +71,4 @@ def test_readme_serve_command_answers_the_readme_examples():
         tree = descendants(process.pid)
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(60)
-        time.sleep(0.5)
-        for pid in tree:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue
-            raise AssertionError(f"pid {pid} outlived make serve")
+        assert wait_gone(tree, 10) == set(), "processes outlived make serve"

@@ -10,13 +10,12 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.server_harness import ROOT, Server, free_port
+from tests.server_harness import ROOT, Server, eventually, free_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"),
                                 reason="needs root to act as another local user")
@@ -33,23 +32,16 @@ def curl_status(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def default_server(sample_models):
-    server = Server([f"digits={sample_models['digits']}"], token_file=False)
-    try:
-        yield server.wait_ready()
-    finally:
-        if server.stop() != 0:
-            print(server.log_text()[-5000:])
+    with Server([f"digits={sample_models['digits']}"], token_file=False) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def token_path(default_server) -> Path:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # the launcher prints it once it saw /ping ready
-        match = re.search(r"management API on \S+, token in (\S+)", default_server.log_text())
-        if match:
-            return Path(match.group(1))
-        time.sleep(0.1)
-    raise AssertionError(default_server.log_text()[-2000:])
+    # The launcher prints it once it saw /ping ready.
+    match = eventually(lambda: re.search(r"management API on \S+, token in (\S+)",
+                                         default_server.log_text()), 30, "token path logged")
+    return Path(match.group(1))
 
 
 def test_the_generated_token_is_private_and_only_its_path_is_logged(default_server, token_path):
@@ -104,16 +96,12 @@ def test_no_process_environment_holds_the_token(default_server, token_path):
 
 def test_a_token_given_in_the_environment_stays_out_of_children(sample_models):
     token = "environment-token-0123456789"
-    server = Server([f"digits={sample_models['digits']}"], token_file=False,
-                    env={"MXSERVE_MANAGEMENT_TOKEN": token})
-    try:
-        server.wait_ready()
+    with Server([f"digits={sample_models['digits']}"], token_file=False,
+                env={"MXSERVE_MANAGEMENT_TOKEN": token}) as server:
         assert requests.get(f"{server.admin}/models", timeout=10, headers={
             "Authorization": f"Bearer {token}"}).status_code == 200
         for pid in server.processes(""):
             assert token.encode() not in Path(f"/proc/{pid}/environ").read_bytes(), pid
-    finally:
-        server.stop()
 
 
 def test_config_show_masks_the_token_and_help_works():

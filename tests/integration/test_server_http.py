@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import mxnet as mx
@@ -13,6 +12,8 @@ import pytest
 import requests
 import sklearn
 from openapi_spec_validator import validate
+
+from tests.server_harness import eventually
 
 PHOTOS = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images")
 
@@ -208,8 +209,12 @@ def test_one_access_log_line_per_request_with_its_id_and_timings_never_the_paylo
     bad = requests.post(f"{server.url}/digits_mlp/predict", data={"data": "[[1, 2, 3]]"},
                         headers={"X-Request-Id": "trace-43"}, timeout=30)
     assert bad.status_code == 400
-    time.sleep(0.2)
-    lines = [line for line in server.log_text().splitlines() if "access:" in line]
+
+    def access_lines() -> list[str] | None:  # written after the answer is sent
+        lines = [line for line in server.log_text().splitlines() if "access:" in line]
+        return lines if any("request_id=trace-43 " in line for line in lines) else None
+
+    lines = eventually(access_lines, 10, "access log line")
     [ok] = [line for line in lines if 'request_id="trace-42 x"' in line]
     assert "method=POST path=/mms04_digits/predict model=mms04_digits status=200" in ok
     assert "batch=" in ok and "queue_ms=" in ok and "inference_ms=" in ok and "total_ms=" in ok

@@ -10,20 +10,17 @@ import time
 import pytest
 import requests
 
-from tests.server_harness import Server
+from tests.server_harness import Server, eventually
 
 STALLED = 64
 
 
 @pytest.fixture(scope="module")
 def guarded(sample_models):
-    server = Server([f"digits={sample_models['digits']}"], "--client-header-timeout-s", "3",
-                    "--client-body-timeout-s", "3", "--max-connections", str(2 * STALLED + 12),
-                    frontend_workers=1)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    with Server([f"digits={sample_models['digits']}"], "--client-header-timeout-s", "3",
+                "--client-body-timeout-s", "3", "--max-connections", str(2 * STALLED + 12),
+                frontend_workers=1) as server:
+        yield server
 
 
 def stall(port: int, data: bytes) -> socket.socket:
@@ -83,15 +80,9 @@ def test_connections_past_the_cap_are_refused_with_a_json_503(guarded):
     finally:
         for sock in held:
             sock.close()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # the held ones are closed: room again
-        try:
-            if requests.get(guarded.url + "/ping", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("/ping did not answer after the held connections closed")
+    # The held ones are closed: room again.
+    eventually(lambda: requests.get(guarded.url + "/ping", timeout=2).status_code == 200, 10,
+               "/ping answered after the held connections closed")
 
 
 def test_expect_continue_and_pipelined_requests_still_work(guarded):

@@ -16,13 +16,10 @@ from tests.server_harness import Server
 
 @pytest.fixture(scope="module")
 def large(sample_models):
-    server = Server([f"large={sample_models['noop']}"], "--services",
-                    f"large={DATA / 'services' / 'large_answer.py'}",
-                    "--max-reply-bytes", str(4 * 1024 * 1024), "--max-batch-size", "8")
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    with Server([f"large={sample_models['noop']}"], "--services",
+                f"large={DATA / 'services' / 'large_answer.py'}",
+                "--max-reply-bytes", str(4 * 1024 * 1024), "--max-batch-size", "8") as server:
+        yield server
 
 
 def ask(server, first: float):
