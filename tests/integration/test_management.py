@@ -86,11 +86,13 @@ def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_mod
     assert created.json()["name"] == "noop2" and created.json()["max_batch_size"] == 4
     wait_for(lambda: (model(managed, "noop2") or {}).get("status") == "ready", what="ready")
     assert noop(managed, "noop2").json()["prediction"] == [[[1.0, 2.0, 3.0, 4.0]]]
-    time.sleep(2.5)  # every frontend process's catalog refreshed: both describe it
-    for _ in range(6):  # new connections: both gunicorn processes answer some
-        paths = requests.get(managed.url + "/api-description", timeout=10).json()[
-            "description"]["paths"]
-        assert "/noop2/predict" in paths
+
+    def described_by_every_frontend() -> bool:  # new connections: both processes answer some
+        return all("/noop2/predict" in requests.get(
+            managed.url + "/api-description", timeout=10).json()["description"]["paths"]
+            for _ in range(12))
+
+    wait_for(described_by_every_frontend, 10, "description of noop2 from both frontends")
 
     scaled = managed.api.put(f"{managed.admin}/models/noop2", json={"workers": 2}, timeout=30)
     assert scaled.status_code == 200 and scaled.json()["workers"] == 2
