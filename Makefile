@@ -43,9 +43,12 @@ system-deps:
 	    && command -v ab >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install \
 	    -y -q --no-install-recommends nginx wrk apache2-utils)
 
+# Two test processes, one file each at a time: most of a stack test is waiting on the stack,
+# and a file keeps its module-scoped server. TEST_PROCESSES=0 runs them in this process.
+TEST_PROCESSES ?= 2
 test: lint system-deps
 	$(PY) scripts/make_sample_models.py --out $(MODELS)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile tests
 
 unit: install
 	$(PY) -m pytest -q tests/unit

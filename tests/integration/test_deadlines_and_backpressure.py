@@ -18,7 +18,7 @@ import requests
 
 from tests.conftest import DATA
 from tests.integration.test_server_http import assert_error
-from tests.server_harness import Server
+from tests.server_harness import Server, eventually
 
 TIMEOUT_S = 3.0
 QUEUE = 4
@@ -57,6 +57,13 @@ def concurrently(calls):
 
 def worker_pids(server):
     return server.processes("worker --archive")
+
+
+def both_workers_ready(server) -> list[int]:
+    """The two workers' pids once both are ready (after a test replaced some)."""
+    return eventually(lambda: server.catalog()["models"]["faulty"]["ready"] == 2
+                      and len(pids := worker_pids(server)) == 2 and pids, 30,
+                      "two ready workers")
 
 
 def test_a_model_that_raises_for_one_input_fails_that_request_only(faulty):
@@ -114,17 +121,14 @@ def test_all_workers_dead_means_503_at_once_and_unhealthy_within_a_second(faulty
     response = post(faulty, [0, 1, 2, 3])
     assert_error(response, 503, "ServiceUnavailable", "no worker is ready")
     assert response.headers["Retry-After"] and response.seconds < 0.5
-    deadline = time.monotonic() + 30
-    while requests.get(faulty.url + "/ping", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "workers not back in 30 s"
-        time.sleep(0.1)
+    both_workers_ready(faulty)
+    assert requests.get(faulty.url + "/ping", timeout=5).status_code == 200
     assert post(faulty, [0, 1, 2, 3]).status_code == 200
 
 
 @pytest.mark.parametrize("fault", ["sleeps_past_the_deadline", "sigstop"])
 def test_a_hung_worker_gets_504_at_the_deadline_and_is_replaced(faulty, fault):
-    before = worker_pids(faulty)
-    assert len(before) == 2
+    before = both_workers_ready(faulty)
     if fault == "sigstop":
         os.kill(before[0], signal.SIGSTOP)
         # Several requests at once: the frozen worker is idle, so one of them lands there.
@@ -136,12 +140,7 @@ def test_a_hung_worker_gets_504_at_the_deadline_and_is_replaced(faulty, fault):
     assert len(hung) == 1, [r.status_code for r in results]
     assert_error(hung[0], 504, "DeadlineExceeded")
     assert TIMEOUT_S - 0.2 < hung[0].seconds < TIMEOUT_S + 2.5
-    deadline = time.monotonic() + 30
-    while True:
-        models = faulty.catalog()["models"]["faulty"]
-        if models["ready"] == 2 and len(set(worker_pids(faulty)) - set(before)) == 1:
-            break
-        assert time.monotonic() < deadline, f"no replacement worker in 30 s: {models}"
-        time.sleep(0.2)
+    eventually(lambda: len(set(both_workers_ready(faulty)) - set(before)) == 1, 30,
+               "a replacement for the hung worker")
     assert "overran its deadline" in faulty.log_text()
     assert all(post(faulty, [0, 5, 5, 5]).status_code == 200 for _ in range(4))
