@@ -115,6 +115,10 @@ class Request(NamedTuple):
 class RequestItem(NamedTuple):
     budget_ms: float = math.inf  # what is left of the request's deadline
     encoded_images: bool = False  # its images are still JPEG/PNG: the worker decodes them
+    # None: the service's JSON answer (/predict). A map {output name: class count}: the
+    # model's output tensors ({} all of them), a count > 0 giving its top classes instead.
+    outputs: Any = None
+    preprocessed: bool = False  # its tensors are in the model's input layout already
 
 
 class Reply(NamedTuple):

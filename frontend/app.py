@@ -21,6 +21,7 @@ from mxserve.common.config import Config, load_config, max_reply_frame_bytes
 from mxserve.common.errors import MXServeError
 from mxserve.common.images import warm_up
 from mxserve.common.logs import setup_logging
+from mxserve.common.version import installed_version
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.decode import Limits
@@ -29,6 +30,8 @@ from mxserve.frontend.openapi import build_spec
 from mxserve.frontend.predict import predict_route
 from mxserve.frontend.request_context import CLIENT_LIMITS_KEY, ClientLimits
 from mxserve.frontend.request_path import RequestPath
+from mxserve.frontend.v2_inference import V2Inference
+from mxserve.frontend.v2_rest import v2_error_answer, v2_routes
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,12 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     def api_description() -> Any:
         return jsonify(description=build_spec(catalog.signatures(), request.host, extra_paths))
 
+    inference = V2Inference(config, client, catalog, limits)
     app.wsgi_app = RequestPath(  # type: ignore[method-assign]
-        app, [predict_route(config, client, catalog, limits)],
-        config.frontend_queue_timeout_s, config.access_log)
+        app, [predict_route(config, client, catalog, limits),
+              *v2_routes(inference, catalog, installed_version(), config.max_body_bytes,
+                         config.max_json_elements)],
+        config.frontend_queue_timeout_s, config.access_log, {"/v2/": v2_error_answer})
     return app
 
 

@@ -178,21 +178,36 @@ class BrokerClient:
     def predict(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
                 budget_s: float, wait_s: float, encoded_images: bool = False
                 ) -> tuple[bytes, Mapping[str, Any]]:
-        """Run one request; return (its answer as JSON bytes, reply fields) or raise its
-        error. `encoded_images`: its image inputs are still JPEG/PNG bytes, for the worker
-        to decode within its own limits."""
+        """Run one request; return (the service's answer as JSON bytes, reply fields) or
+        raise its error. `encoded_images`: its image inputs are still JPEG/PNG bytes, for
+        the worker to decode within its own limits."""
+        answer, fields = self._request(model, request_id, arrays, wait_s,
+                                       RequestItem(budget_s * 1000.0, encoded_images))
+        data = answer.arrays.get(ANSWER)
+        if not isinstance(data, bytes):
+            raise InternalServerError("the worker sent no answer")
+        return data, fields
+
+    def infer(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
+              budget_s: float, wait_s: float, encoded_images: bool,
+              outputs: Mapping[str, int], preprocessed: bool
+              ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """Run one request for the model's output tensors (`outputs`: name -> class count,
+        empty for all); return ({name: array, or JSON bytes of class strings}, reply
+        fields) or raise its error."""
+        answer, fields = self._request(model, request_id, arrays, wait_s, RequestItem(
+            budget_s * 1000.0, encoded_images, dict(outputs), preprocessed))
+        return answer.arrays, fields
+
+    def _request(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
+                 wait_s: float, asked: RequestItem) -> tuple[Item, Mapping[str, Any]]:
         reply = self.call(Kind.REQUEST, fields_of(Request(model)),
-                          Item(request_id, fields_of(RequestItem(budget_s * 1000.0,
-                                                                 encoded_images)), arrays),
-                          wait_s)
+                          Item(request_id, fields_of(asked), arrays), wait_s)
         answer = reply.items[0]
         error = item_error(answer)
         if error is not None:
             raise error
-        data = answer.arrays.get(ANSWER)
-        if not isinstance(data, bytes):
-            raise InternalServerError("the worker sent no answer")
-        return data, reply.fields
+        return answer, reply.fields
 
     def manage(self, op: str, fields: Mapping[str, Any], timeout_s: float) -> Any:
         """A management operation (register, unregister, scale); its result or its error."""

@@ -119,3 +119,16 @@ def _logfmt(value: Any) -> str:
     if text and all(c.isalnum() or c in "-_./:%" for c in text):
         return text
     return json.dumps(text)
+
+
+def server_timing(exchange: Exchange, parsed: float, decoded: float,
+                  timing: Mapping[str, Any]) -> str:
+    """Where a prediction's time went, as the standard Server-Timing header (milliseconds):
+    reading the request, decoding its inputs, and the broker's and worker's shares."""
+    return (f"parse;dur={(parsed - exchange.started) * 1000:.2f}, "
+            f"decode;dur={(decoded - parsed) * 1000 + timing.get('decode_ms', 0):.2f}, "
+            f"queue;dur={timing.get('queue_ms', 0):.2f}, "
+            f"inference;dur={timing.get('inference_ms', 0):.2f}, "
+            f"worker;dur={timing.get('worker_ms', 0):.2f}, "
+            f"broker;dur={(time.monotonic() - decoded) * 1000:.2f}, "
+            f"batch;desc={timing.get('batch_size', 0)}")

@@ -63,7 +63,8 @@ from mxserve.frontend.request_reader import CONTINUE, progress, without_expect
 
 HEALTH_THREADS = 2
 SWITCH_INTERVAL_S = 0.002
-HEALTH_REQUESTS = (b"GET /ping ", b"GET /ping?", b"GET / ", b"HEAD /ping ", b"HEAD / ")
+HEALTH_REQUESTS = (b"GET /ping ", b"GET /ping?", b"GET / ", b"HEAD /ping ", b"HEAD / ",
+                   b"GET /v2/health/")
 PEEK_BYTES = max(len(prefix) for prefix in HEALTH_REQUESTS)
 RECV_BYTES = 256 * 1024
 

@@ -14,7 +14,7 @@ from mxserve.common.config import FRONTEND_WAIT_MARGIN_S, Config
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.decode import Limits, decode_inputs
-from mxserve.frontend.exchange import Exchange
+from mxserve.frontend.exchange import Exchange, server_timing
 from mxserve.frontend.form import FormLimits, read_fields
 from mxserve.frontend.request_path import DirectRoute, Headers
 
@@ -42,15 +42,7 @@ def predict_route(config: Config, client: BrokerClient, catalog: Catalog, limits
         answer, timing = client.predict(model, exchange.wire_id, arrays, budget_s,
                                         budget_s + FRONTEND_WAIT_MARGIN_S, encoded)
         exchange.timing = timing
-        # Where the time went, in the standard Server-Timing header (milliseconds).
-        headers.append(("Server-Timing", (
-            f"parse;dur={(parsed - exchange.started) * 1000:.2f}, "
-            f"decode;dur={(decoded - parsed) * 1000 + timing.get('decode_ms', 0):.2f}, "
-            f"queue;dur={timing.get('queue_ms', 0):.2f}, "
-            f"inference;dur={timing.get('inference_ms', 0):.2f}, "
-            f"worker;dur={timing.get('worker_ms', 0):.2f}, "
-            f"broker;dur={(time.monotonic() - decoded) * 1000:.2f}, "
-            f"batch;desc={timing.get('batch_size', 0)}")))
+        headers.append(("Server-Timing", server_timing(exchange, parsed, decoded, timing)))
         return b'{"prediction":' + answer + b"}\n"  # json_bytes' shape, answer not re-encoded
 
     return DirectRoute("predict", "/<model>/predict", ("POST",), predict)

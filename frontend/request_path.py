@@ -16,7 +16,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from flask import Flask
 from werkzeug.exceptions import HTTPException
@@ -52,6 +52,8 @@ HTTP_ERRORS: dict[int, type[MXServeError]] = {
     415: UnsupportedMediaType}
 
 Headers = list[tuple[str, str]]
+# An error's (status, body, extra headers), given the request id.
+ErrorAnswer = Callable[[MXServeError, "str | None"], tuple[int, bytes, Headers]]
 # A direct route's handler: (environ, exchange, response headers to add to, URL values)
 # -> the response body; it raises MXServeError for anything but success.
 Handler = Callable[..., bytes]
@@ -72,7 +74,10 @@ class RequestPath:
     """WSGI: Exchange in, answer out; direct routes here, the rest through Flask."""
 
     def __init__(self, app: Flask, routes: Iterable[DirectRoute], queue_timeout_s: float,
-                 access_log: bool) -> None:
+                 access_log: bool, error_answers: Mapping[str, ErrorAnswer] | None = None
+                 ) -> None:
+        """`error_answers`: a protocol's own error body for every path under a prefix
+        (e.g. "/v2/"); the rest get ours."""
         self.flask_wsgi = app.wsgi_app
         self.routes = {route.endpoint: route for route in routes}
         for route in self.routes.values():
@@ -86,6 +91,7 @@ class RequestPath:
         self._match = functools.lru_cache(maxsize=MATCHES_CACHED)(self._match_uncached)
         self.queue_timeout_s = queue_timeout_s
         self.access_log = access_log
+        self.error_answers = tuple((error_answers or {}).items())
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
@@ -158,7 +164,10 @@ class RequestPath:
             log.exception("request %s failed", exchange.request_id)
             error = InternalServerError("internal error; see the server log for request "
                                         f"{exchange.request_id}")
-        status, body, extra = error_answer(error, exchange.request_id)
+        answer = next((render for prefix, render in self.error_answers
+                       if exchange.path.startswith(prefix) or exchange.path == prefix.rstrip("/")),
+                      error_answer)
+        status, body, extra = answer(error, exchange.request_id)
         headers += extra
         headers.append(JSON)
         return status, body

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from mxserve.common.errors import EXIT_BAD_CONFIG, EXIT_OK, ArchiveError
+from mxserve.common.version import installed_version
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "config":
         return _config(argv[1:])
     parser = argparse.ArgumentParser(prog="mxserve", description="MXNet model server")
-    parser.add_argument("--version", action="version", version=f"mxserve {_version()}")
+    parser.add_argument("--version", action="version", version=f"mxserve {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("start", help="serve models (see `mxserve start -h`)")
     commands.add_parser("worker", help="run one worker process (see `mxserve worker -h`)")
@@ -67,15 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "nginx-conf":
         return _nginx_conf(args)
     return EXIT_OK
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mxserve")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
 
 
 def _config(argv: list[str]) -> int:

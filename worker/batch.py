@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from mxserve.common.errors import (
 from mxserve.common.protocol import ANSWER, Item, RequestItem, answer_json, error_item, read_fields
 from mxserve.common.settings import BY_NAME
 from mxserve.common.signature import Signature, TensorSpec
+from mxserve.worker.tensor_answers import checked_outputs, forward_mixed, wants_tensors
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,20 @@ class Outcome:
     id: str
     result: Any = None
     error: MXServeError | None = None
+    tensors: Mapping[str, Any] | None = None  # output tensors, for those who asked for them
 
     def to_item(self, max_bytes: int = 0) -> Item:
-        """The wire item: the answer as JSON in a frame of its own, or the error; an answer
-        that JSON cannot carry, or one over `max_bytes`, is this request's error alone."""
+        """The wire item: the answer as JSON in a frame of its own (or the output tensors,
+        each a frame), or the error; an answer that JSON cannot carry, or one over
+        `max_bytes`, is this request's error alone."""
         error = self.error
+        if error is None and self.tensors is not None:
+            size = sum(len(v) if isinstance(v, bytes) else v.nbytes
+                       for v in self.tensors.values())
+            if not max_bytes or size <= max_bytes:
+                return Item(id=self.id, arrays=self.tensors)
+            error = InternalServerError(f"the output tensors are {size} bytes, over "
+                                        f"max_reply_bytes ({max_bytes})")
         if error is None:
             try:
                 answer = answer_json(self.result)
@@ -96,7 +106,7 @@ def run_batch(service: Any, signature: Signature, items: Sequence[Item],
     if timing is not None:
         timing.decode_ms = (time.monotonic() - now) * 1000.0
     if runnable:
-        for outcome in _run(service, runnable):
+        for outcome in _run(service, signature, runnable):
             outcomes[outcome.id] = outcome
     return [outcomes[item.id] for item in items]
 
@@ -109,11 +119,19 @@ def inputs_in_order(signature: Signature, item: Item, limits: ImageLimits = DEFA
     missing = [n for n in names if n not in item.arrays]
     if missing or extra:
         raise InvalidInput(f"expected inputs {names}, got {sorted(item.arrays)}")
-    encoded = read_fields(RequestItem, item.fields).encoded_images
+    asked = read_fields(RequestItem, item.fields)
+    encoded = asked.encoded_images
     ordered = []
     for spec in signature.inputs:
         array = item.arrays[spec.name]
-        if signature.is_image:
+        if asked.preprocessed:
+            rows = TensorSpec(spec.name, spec.shape[1:])  # any number of rows
+            if (array.dtype not in (np.float32, np.uint8) or array.ndim != len(spec.shape)
+                    or array.shape[0] < 1 or not rows.accepts(array.shape[1:])):
+                raise InvalidInput(f"input {spec.name!r} must be float32 or uint8 of shape "
+                                   f"[N, {', '.join(map(str, spec.shape[1:]))}] (0 = any), "
+                                   f"got {array.dtype} {list(array.shape)}")
+        elif signature.is_image:
             if encoded:
                 array = decode_sent_image(array, spec, limits)
             expected = (*spec.image_size, spec.channels)
@@ -137,8 +155,12 @@ def decode_sent_image(data: np.ndarray, spec: TensorSpec, limits: ImageLimits) -
     return images.decode_image(data, spec, limits.max_pixels, limits.draft)
 
 
-def _run(service: Any, runnable: list[tuple[Item, list[np.ndarray]]]) -> list[Outcome]:
+def _run(service: Any, signature: Signature, runnable: list[tuple[Item, list[np.ndarray]]]
+         ) -> list[Outcome]:
     try:
+        asked = [read_fields(RequestItem, item.fields) for item, _ in runnable]
+        if any(wants_tensors(a.outputs) for a in asked):
+            return _run_mixed(service, signature, runnable, asked)
         answers = service.handle_batch([inputs for _, inputs in runnable])
         if len(answers) != len(runnable):
             raise ModelError(f"the service returned {len(answers)} answers for "
@@ -149,10 +171,32 @@ def _run(service: Any, runnable: list[tuple[Item, list[np.ndarray]]]) -> list[Ou
         if len(runnable) > 1:
             log.warning("batch of %d failed (%s: %s); isolating the failing request",
                         len(runnable), type(exc).__name__, exc)
-            return [outcome for pair in runnable for outcome in _run(service, [pair])]
+            return [outcome for pair in runnable for outcome in _run(service, signature, [pair])]
         item = runnable[0][0]
         log.exception("request %s: the model's code raised", item.id)
         return [Outcome(item.id, error=_model_error(exc))]
+
+
+def _run_mixed(service: Any, signature: Signature,
+               runnable: list[tuple[Item, list[np.ndarray]]], asked: list[RequestItem]
+               ) -> list[Outcome]:
+    """One forward for requests that want the service's answer and those that want the
+    output tensors (worker/tensor_answers.py)."""
+    names = [spec.name for spec in signature.outputs]
+    answer_items, tensor_items = [], []
+    for (item, inputs), fields in zip(runnable, asked):
+        if wants_tensors(fields.outputs):
+            tensor_items.append((item, (inputs, fields.preprocessed,
+                                        checked_outputs(fields.outputs, names))))
+        else:
+            answer_items.append((item, inputs))
+    answers, tensors = forward_mixed(service, [inputs for _, inputs in answer_items],
+                                     [request for _, request in tensor_items])
+    outcomes = {item.id: Outcome(item.id, result=to_wire(answer))
+                for (item, _), answer in zip(answer_items, answers)}
+    outcomes.update({item.id: Outcome(item.id, tensors=arrays)
+                     for (item, _), arrays in zip(tensor_items, tensors)})
+    return [outcomes[item.id] for item, _ in runnable]
 
 
 def _model_error(exc: Exception) -> MXServeError:

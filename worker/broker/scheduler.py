@@ -73,7 +73,7 @@ class Scheduler:
             raise ProtocolError("budget_ms must be a positive number")
         pending = Pending(frontend, item, now + min(asked.budget_ms / 1000.0,
                                                     self.config.request_timeout_s), now,
-                          encoded_images=asked.encoded_images)
+                          asked=asked)
         if model is None:
             return self.fail(pending, ModelNotFound(f"model {model_name!r} is not loaded"))
         if self.draining:
@@ -102,8 +102,8 @@ class Scheduler:
                 batch: list[Pending] = []
                 while model.queue and len(batch) < size:
                     batch.append(model.queue.popleft())
-                items = [Item(p.item.id, fields_of(RequestItem(
-                    max(0.0, (p.deadline - now) * 1000.0), p.encoded_images)), p.item.arrays)
+                items = [Item(p.item.id, fields_of(p.asked._replace(
+                    budget_ms=max(0.0, (p.deadline - now) * 1000.0))), p.item.arrays)
                     for p in batch]
                 worker.batch = {p.item.id: p for p in batch}
                 model.batches += 1

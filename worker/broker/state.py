@@ -7,7 +7,7 @@ from typing import Iterable
 
 from mxserve.common.archive import ModelArchive
 from mxserve.common.errors import ProtocolError
-from mxserve.common.protocol import Item
+from mxserve.common.protocol import Item, RequestItem
 
 # What a well-framed message with a wrong field raises in its handler: that message is
 # refused, never the broker's end.
@@ -23,7 +23,7 @@ class Pending:
     deadline: float  # time.monotonic()
     received: float
     attempts: int = 0
-    encoded_images: bool = False  # its images are for the worker to decode
+    asked: RequestItem = RequestItem()  # its fields as the frontend sent them
 
 
 @dataclass

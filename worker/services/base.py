@@ -85,7 +85,7 @@ class SingleNodeService(ModelService):
         """Per-request `_preprocess`, then concatenation on the batch axis."""
         per_request = [list(self._preprocess(request)) for request in requests]
         rows = [int(first.shape[0]) for first, *_ in per_request]
-        stacked = [_concat([pre[k] for pre in per_request]) for k in range(len(per_request[0]))]
+        stacked = [concat_rows([pre[k] for pre in per_request]) for k in range(len(per_request[0]))]
         return stacked, rows
 
     def _postprocess_batch(self, outputs: Sequence[Any], rows: Sequence[int]) -> list[Any]:
@@ -167,7 +167,8 @@ class MXNetBaseService(SingleNodeService):
         return self._signature
 
 
-def _concat(parts: list) -> Any:
+def concat_rows(parts: list) -> Any:
+    """Per-request arrays (numpy or NDArray) joined on the batch axis."""
     if all(isinstance(p, np.ndarray) for p in parts):
         return np.concatenate(parts)
     return mx.nd.concat(*[p if isinstance(p, mx.nd.NDArray) else mx.nd.array(p) for p in parts],
