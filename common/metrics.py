@@ -36,13 +36,14 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 SECONDS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 PREDICTIONS = Counter(
-    "mxserve_predictions", "Predict requests by model and status class; the sum over classes "
-    "is MMS 0.4's PredictionTotal, 4xx its Prediction4XX, 5xx its Prediction5XX",
-    ["model", "status_class"])
+    "mxserve_predictions", "Inference requests by model, status class and protocol "
+    "(predict: MMS 0.4's route, v2-rest: KServe v2); the sum over classes of predict is MMS "
+    "0.4's PredictionTotal, 4xx its Prediction4XX, 5xx its Prediction5XX",
+    ["model", "status_class", "protocol"])
 ERRORS = Counter("mxserve_errors", "Error answers by error type", ["type"])
-REQUEST_SECONDS = Histogram("mxserve_request_seconds", "Predict latency in the frontend, "
-                            "from the request's first byte handled to the answer", ["model"],
-                            buckets=SECONDS)
+REQUEST_SECONDS = Histogram("mxserve_request_seconds", "Inference latency in the frontend, "
+                            "from the request's first byte handled to the answer",
+                            ["model", "protocol"], buckets=SECONDS)
 QUEUE_SECONDS = Histogram("mxserve_queue_seconds", "Time a request waited in the broker's "
                           "queue", ["model"], buckets=SECONDS)
 INFERENCE_SECONDS = Histogram("mxserve_inference_seconds", "Time the worker took for the "

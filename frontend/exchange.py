@@ -32,6 +32,7 @@ class Exchange:
     waited_s: float = 0.0  # waiting for a frontend thread, before `started`
     model: str = "-"  # a served model's name only: safe as a log field and a metric label
     timing: Mapping[str, Any] | None = None  # the broker's reply fields
+    protocol: str = "-"  # the inference protocol of a prediction: "predict", "v2-rest", ...
 
 
 _ids = itertools.count()
@@ -81,7 +82,7 @@ def log_access(exchange: Exchange, status: int, body_bytes: int, enabled: bool) 
 def record_prediction(exchange: Exchange, status: int) -> None:
     """The metrics of one predict request, whatever its outcome."""
     predictions, request_seconds, queue_seconds, inference_seconds = _series(
-        exchange.model, metrics.status_class(status))
+        exchange.model, metrics.status_class(status), exchange.protocol)
     predictions.inc()
     request_seconds.observe(time.monotonic() - exchange.started)
     timing = exchange.timing
@@ -90,12 +91,12 @@ def record_prediction(exchange: Exchange, status: int) -> None:
         inference_seconds.observe(timing.get("inference_ms", 0.0) / 1000.0)
 
 
-@functools.lru_cache(maxsize=1024)  # loaded models x status classes; "-" for unknown ones
-def _series(model: str, status_class: str) -> tuple[Any, Any, Any, Any]:
+@functools.lru_cache(maxsize=4096)  # models x status classes x protocols; "-" unknown ones
+def _series(model: str, status_class: str, protocol: str) -> tuple[Any, Any, Any, Any]:
     """One request's metric children, cached: `labels()` is a locked dict lookup, and a
     request needs four."""
-    return (metrics.PREDICTIONS.labels(model, status_class),
-            metrics.REQUEST_SECONDS.labels(model), metrics.QUEUE_SECONDS.labels(model),
+    return (metrics.PREDICTIONS.labels(model, status_class, protocol),
+            metrics.REQUEST_SECONDS.labels(model, protocol), metrics.QUEUE_SECONDS.labels(model),
             metrics.INFERENCE_SECONDS.labels(model))
 
 
@@ -105,7 +106,8 @@ def access_line(exchange: Exchange, status: int, body_bytes: int) -> str:
     timing = exchange.timing or {}
     fields = {
         "request_id": exchange.request_id, "method": exchange.method, "path": exchange.path,
-        "model": exchange.model, "status": status, "bytes": body_bytes,
+        "protocol": exchange.protocol, "model": exchange.model, "status": status,
+        "bytes": body_bytes,
         "batch": timing.get("batch_size", "-"), "queue_ms": timing.get("queue_ms", "-"),
         "inference_ms": timing.get("inference_ms", "-"),
         "total_ms": f"{(time.monotonic() - exchange.started) * 1000:.2f}"}

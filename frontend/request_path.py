@@ -68,6 +68,7 @@ class DirectRoute:
     methods: tuple[str, ...]
     handler: Handler
     is_prediction: bool = True  # counted in the prediction metrics; shed when late
+    protocol: str = "predict"  # its label in those metrics and the access log
 
 
 class RequestPath:
@@ -105,6 +106,8 @@ class RequestPath:
             route, values = self._direct_route(exchange)
             if route is None:
                 return self._through_flask(environ, start_response, exchange, headers)
+            if route.is_prediction:
+                exchange.protocol = route.protocol
             if route.is_prediction and exchange.waited_s > self.queue_timeout_s:
                 raise ServiceUnavailable(
                     f"the server is overloaded (this request waited {exchange.waited_s:.1f}s "

@@ -87,7 +87,8 @@ def v2_routes(inference: V2Inference, catalog: Catalog, version: str,
         DirectRoute("v2_model_ready", "/v2/models/<model>/ready", ("GET",), model_ready,
                     is_prediction=False),
         DirectRoute("v2_model", "/v2/models/<model>", ("GET",), metadata, is_prediction=False),
-        DirectRoute("v2_infer", "/v2/models/<model>/infer", ("POST",), infer),
+        DirectRoute("v2_infer", "/v2/models/<model>/infer", ("POST",), infer,
+                    protocol="v2-rest"),
     ]
 
 

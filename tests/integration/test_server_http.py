@@ -216,7 +216,8 @@ def test_one_access_log_line_per_request_with_its_id_and_timings_never_the_paylo
 
     lines = eventually(access_lines, 10, "access log line")
     [ok] = [line for line in lines if 'request_id="trace-42 x"' in line]
-    assert "method=POST path=/mms04_digits/predict model=mms04_digits status=200" in ok
+    assert ("method=POST path=/mms04_digits/predict protocol=predict model=mms04_digits "
+            "status=200") in ok
     assert "batch=" in ok and "queue_ms=" in ok and "inference_ms=" in ok and "total_ms=" in ok
     assert "wire_id=" in ok
     [refused] = [line for line in lines if "request_id=trace-43 " in line]
@@ -241,9 +242,11 @@ def test_metrics_on_the_management_listener_add_up_across_processes(server, refe
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     ok = samples[("mxserve_predictions_total", (("model", "mms04_digits"),
+                                                ("protocol", "predict"),
                                                 ("status_class", "2xx")))]
     assert ok >= 4
     assert samples[("mxserve_predictions_total", (("model", "digits_mlp"),
+                                                  ("protocol", "predict"),
                                                   ("status_class", "4xx")))] >= 1
     assert samples[("mxserve_errors_total", (("type", "InvalidInput"),))] >= 1
     assert ("mxserve_errors_total", (("type", "DeadlineExceeded"),)) in samples  # all types

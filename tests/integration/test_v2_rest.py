@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from mxserve.common.images import decode_image
 from mxserve.common.signature import TensorSpec
-from tests.server_harness import ROOT
+from tests.server_harness import ROOT, eventually
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +233,23 @@ def test_the_docs_curl_example_runs(server):
     answer = json.loads(done.stdout)
     [best] = answer["outputs"][0]["data"]
     assert best.split(":")[1] == "0", answer
+
+
+def test_v2_requests_are_counted_and_logged_by_protocol(client, server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rows = np.ones((1, 64), np.float32)
+    infer_rows(client, rows, binary=True)
+    with pytest.raises(InferenceServerException):
+        infer_rows(client, np.ones((1, 3), np.float32), binary=True)
+    scrape = requests.get(f"{server.admin}/metrics", headers=server.admin_headers, timeout=10)
+    counts = {tuple(sorted(s.labels.items())): s.value
+              for family in text_string_to_metric_families(scrape.text)
+              for s in family.samples if s.name == "mxserve_predictions_total"}
+    labels = (("model", "digits_mlp"), ("protocol", "v2-rest"))
+    assert counts[(*labels[:1], labels[1], ("status_class", "2xx"))] >= 1
+    assert counts[(*labels[:1], labels[1], ("status_class", "4xx"))] >= 1
+    lines = eventually(lambda: [line for line in server.log_text().splitlines()
+                                if "path=/v2/models/digits_mlp/infer protocol=v2-rest" in line],
+                       10, "a v2 access-log line")
+    assert any("status=200" in line and "batch=" in line for line in lines)
