@@ -14,7 +14,8 @@ measured side by side in one run on one machine.
   2. mxserve under wrk (multipart POST, benchmarks/multipart.lua) at each connection count:
      requests/s, p50/p90/p99 latency, non-2xx, server CPU ms per request (all server
      processes), peak PSS of all server processes; then batching off vs on at 1 and 32
-     connections, and, alternating, images decoded by the workers vs by the frontends at 32.
+     connections, and, alternating, images decoded by the workers vs by the frontends at 32,
+     and /predict vs KServe v2 REST (binary) at 32 (benchmarks/protocols.py).
   3. The same for the digits CNN and for `noop` (output = input: the server's own cost),
      and the overhead baseline: a plain Flask app reading the same multipart form under
      gunicorn gthread with the frontend's process and thread counts
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import protocols  # noqa: E402
 from mxnet_limit import bracketed_limit, measure_limit  # noqa: E402
 from served import INPUTS, PlainFlask, Stack, run_wrk, side_by_side  # noqa: E402
 
@@ -236,6 +238,12 @@ def main() -> None:
                                        "non_2xx")} for r in each]
             for label, each in runs.items()}
         print(f"  {results['alternating_decode_at_32']}", flush=True)
+        print("alternating at 32 connections: resnet18 through /predict and KServe v2 REST "
+              "...", flush=True)
+        results["alternating_protocols_at_32"] = protocols.compare(
+            args.models_dir, args.rounds, args.duration / 2, 32)
+        print(f"  {results['alternating_protocols_at_32']['v2 / predict throughput per round']}",
+              flush=True)
     results["limit"]["digits"] = limit_of("digits", "once")
     served("digits", "digits", args.connections, "--workers-per-model", cores)
     if 32 in args.connections:
@@ -325,6 +333,12 @@ def main() -> None:
                    "connections, alternating rounds: median (each)"] = round_ratios(
                        [r[key] for r in decode["workers"]],
                        [r[key] for r in decode["frontends"]])
+    protocol_runs = results.get("alternating_protocols_at_32")
+    if protocol_runs:
+        ratios["resnet18 KServe v2 REST (binary) / predict throughput, 32 connections, "
+               "alternating rounds: median (each)"] = round_ratios(
+                   [r["requests_per_s"] for r in protocol_runs["runs"]["v2-rest binary"]],
+                   [r["requests_per_s"] for r in protocol_runs["runs"]["predict"]])
     ratios["resnet18 limit drift over the resnet18 runs (after / before)"] = limit[
         "drift_after_before"]
     ratios["resnet18 idle PSS of all server processes, MiB"] = results["served"][

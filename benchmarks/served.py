@@ -136,10 +136,14 @@ UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def run_wrk(stack: Stack, model: str, models_dir: Path, connections: int,
-            duration: float) -> dict:
+            duration: float, route: tuple[str, Path, dict[str, str]] | None = None) -> dict:
+    """`route`: (path, wrk script, its environment) for another request than the model's
+    /predict form."""
     input_file, field, filename = INPUTS[model]
-    env = dict(os.environ, BENCH_FILE=str(models_dir / input_file), BENCH_FIELD=field,
-               BENCH_FILENAME=filename)
+    path, script, script_env = route or (f"/{model}/predict", LUA, {
+        "BENCH_FILE": str(models_dir / input_file), "BENCH_FIELD": field,
+        "BENCH_FILENAME": filename})
+    env = dict(os.environ, **script_env)
     pids = stack.pids()
     peak = [stack.pss_mib()]
     stop = threading.Event()
@@ -153,7 +157,7 @@ def run_wrk(stack: Stack, model: str, models_dir: Path, connections: int,
     sampler.start()
     done = subprocess.run(
         ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{int(duration)}s",
-         "--latency", "--timeout", "30s", "-s", str(LUA), f"{stack.url}/{model}/predict"],
+         "--latency", "--timeout", "30s", "-s", str(script), f"{stack.url}{path}"],
         env=env, capture_output=True, text=True, timeout=duration + 60)
     stop.set()
     sampler.join()
