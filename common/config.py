@@ -137,6 +137,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"timeout ladder broken: proxy_read_timeout_s ({config.proxy_read_timeout_s}) "
             f"must exceed gunicorn_timeout_s ({config.gunicorn_timeout_s})")
+    if config.grpc_port and config.grpc_port in (config.port, config.management_port):
+        raise ConfigError(f"grpc_port {config.grpc_port} is also the port or management_port")
     if config.management_port:
         if config.management_port == config.port:
             raise ConfigError(f"management_port and port are both {config.port}")

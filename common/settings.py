@@ -69,6 +69,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models", list, [], "models to serve, as name=archive (a .model zip or folder)"),
     Setting("host", str, "127.0.0.1", "inference listener address"),
     Setting("port", int, 8080, "inference listener port", _positive),
+    Setting("grpc_port", int, 0, "KServe v2 gRPC listener port, on host (0: no gRPC "
+            "listener)", _non_negative),
     Setting("management_host", str, "127.0.0.1", "management listener address (/models, "
             "/metrics); anything but loopback requires management_auth"),
     Setting("management_port", int, 8081, "management listener port (0: no management "

@@ -66,6 +66,7 @@ STARTUP_MARGIN_S = 30.0  # beyond model_load_timeout_s, after which the broker g
 STOP_MARGIN_S = 5.0
 BROKER_BACKOFF_START_S = 0.2
 BROKER_BACKOFF_MAX_S = 10.0
+GRPC_LISTENER = [sys.executable, "-m", "mxserve.frontend.grpc_listener"]
 BROKER_STABLE_S = 60.0  # a broker up this long has its restart backoff reset
 
 
@@ -105,6 +106,8 @@ def check_ports_free(config: Config) -> None:
     """Refuse a port another process holds now, before any model loads (gunicorn would
     only fail after the broker had loaded every model)."""
     listeners = [("port", config.host, config.port)]
+    if config.grpc_port:
+        listeners.append(("grpc_port", config.host, config.grpc_port))
     if config.management_port:
         listeners.append(("management_port", config.management_host, config.management_port))
     for setting, host, port in listeners:
@@ -151,6 +154,7 @@ class Launcher:
         self.rotator = (LogRotator(config.log_file, config.log_rotation_time)
                         if config.log_file and config.log_rotation_time else None)
         self.broker: subprocess.Popen | None = None
+        self.grpc: subprocess.Popen | None = None
         self.gunicorn: subprocess.Popen | ForkedGunicorn | None = None
 
     @property
@@ -169,6 +173,8 @@ class Launcher:
         self.child_env = env
         try:
             self.broker = spawn([sys.executable, "-m", "mxserve.worker.broker"], env)
+            if self.config.grpc_port:
+                self.grpc = spawn(GRPC_LISTENER, env)
             if self.app is None:
                 self.gunicorn = spawn(gunicorn_argv(self.config), frontend_env(env))
             else:
@@ -275,6 +281,13 @@ class Launcher:
                 self.broker = spawn([sys.executable, "-m", "mxserve.worker.broker"], self.child_env)
                 backoff_s = min(backoff_s * 2, BROKER_BACKOFF_MAX_S)
                 continue
+            if self.grpc is not None and self.grpc.poll() is not None:
+                if self.grpc.returncode == EXIT_BAD_CONFIG:
+                    log.error("the gRPC listener cannot start")
+                    return EXIT_BAD_CONFIG
+                log.error("the gRPC listener exited with code %s; restarting it",
+                          self.grpc.returncode)  # its clients reconnect
+                self.grpc = spawn(GRPC_LISTENER, self.child_env)
             if self.rotator is not None and self.rotator.tick():
                 log.info("log file rotated")
                 if self.gunicorn is not None:  # gunicorn's own log reopens on SIGUSR1
@@ -301,7 +314,11 @@ class Launcher:
         # The broker first: draining, it reports unready (/ping 503) and answers new
         # requests 503 + Retry-After at once while queued and running ones finish; the
         # frontends, still up, deliver those answers. Then gunicorn, with nothing in flight.
-        for child in (self.broker, self.gunicorn):
+        # The gRPC listener stops with the broker: it refuses new calls at once and lets
+        # the running ones finish within the same drain.
+        if self.grpc is not None and self.grpc.poll() is None:
+            self.grpc.send_signal(signal.SIGTERM)
+        for child in (self.broker, self.grpc, self.gunicorn):
             if child is None or child.poll() is not None:
                 continue
             child.send_signal(signal.SIGTERM)

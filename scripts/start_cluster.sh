@@ -77,6 +77,9 @@ start() {
   export PROMETHEUS_MULTIPROC_DIR="$run_dir/metrics"
   rm -rf "$PROMETHEUS_MULTIPROC_DIR"; mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
   "$supervisord" -c "$home/supervisord.conf"
+  local grpc_port
+  grpc_port="$(awk -F' *= *' '/^grpc_port/ {print $2; exit}' "$run_dir/effective-config.toml" | cut -d' ' -f1)"
+  if [ "${grpc_port:-0}" != 0 ]; then ctl start grpc > /dev/null; fi
   local deadline=$(( $(date +%s) + wait_s )) url="http://$host:$port"
   [[ "$host" == *:* ]] && url="http://[$host]:$port"
   while [ "$(date +%s)" -lt "$deadline" ]; do

@@ -73,7 +73,7 @@ class Server:
 
     def __init__(self, models: list[str], *extra: str, frontend_workers: int = 2,
                  env: dict[str, str] | None = None, token_file: bool = True,
-                 until: str = "ready") -> None:
+                 until: str = "ready", grpc: bool = False) -> None:
         """`token_file=False`: no --management-token-file, so the server generates its
         token as a default start does."""
         self.port = free_port()
@@ -83,6 +83,10 @@ class Server:
             self.management_port = free_port()
             extra = (*extra, "--management-port", str(self.management_port))
         self.admin = f"http://127.0.0.1:{getattr(self, 'management_port', 0)}"
+        self.grpc_port = free_port() if grpc else 0
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
+        if grpc:
+            extra = (*extra, "--grpc-port", str(self.grpc_port))
         self.admin_headers: dict[str, str] = {}
         if token_file and "--management-token-file" not in extra and (
                 "--no-management-auth" not in extra):
@@ -121,7 +125,16 @@ class Server:
 
     def wait_ready(self, timeout_s: float = 180.0) -> Server:
         wait_healthy(self.url, self.process, timeout_s, self.log_text)
+        if self.grpc_port:
+            eventually(self._grpc_listening, 30, "the gRPC listener")
         return self
+
+    def _grpc_listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def wait_settled(self, timeout_s: float = 120.0) -> Server:
         """Every model ready or failed (/ping answers, 503 while one has failed)."""

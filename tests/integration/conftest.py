@@ -11,5 +11,5 @@ def server(sample_models, reference):
     with Server([f"digits={sample_models['digits']}",
                  f"resnet18={sample_models['resnet18']}",
                  f"digits_mlp={sample_models['digits_mlp']}",
-                 f"mms04_digits={reference / 'digits.model'}"]) as instance:
+                 f"mms04_digits={reference / 'digits.model'}"], grpc=True) as instance:
         yield instance

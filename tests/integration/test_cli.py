@@ -32,14 +32,14 @@ def test_version():
     assert done.returncode == 0 and done.stdout.startswith("mxserve ")
 
 
-@pytest.mark.parametrize("which", ["--port", "--management-port"])
+@pytest.mark.parametrize("which", ["--port", "--management-port", "--grpc-port"])
 def test_a_port_in_use_is_refused_before_any_model_loads(sample_models, which):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         ports = {"--port": str(free_port()), "--management-port": str(free_port()),
-                 which: str(port)}
+                 "--grpc-port": str(free_port()), which: str(port)}
         done = mxserve("start", "--models", f"digits={sample_models['digits']}",
                        *[arg for pair in ports.items() for arg in pair])
     assert done.returncode == 2, done.stderr[-2000:]

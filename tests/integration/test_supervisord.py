@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import requests
+import tritonclient.grpc as triton_grpc
 
 from mxserve.common.proctree import alive
 from tests.server_harness import ROOT, eventually, free_port
@@ -39,9 +40,9 @@ def pid_of(status: str, program: str) -> int:
 
 
 def test_start_status_kill_restart_and_stop(cluster, sample_models):
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     started = cluster("start", "--gpus", "0", "--models", f"digits={sample_models['digits']}",
-                      "--port", str(port), "--wait", "150")
+                      "--port", str(port), "--grpc-port", str(grpc_port), "--wait", "150")
     assert started.returncode == 0, started.stdout + started.stderr
     assert f"serving on http://127.0.0.1:{port}" in started.stdout
     url = f"http://127.0.0.1:{port}"
@@ -51,6 +52,9 @@ def test_start_status_kill_restart_and_stop(cluster, sample_models):
 
     status = cluster("status").stdout
     broker, frontend = pid_of(status, "broker"), pid_of(status, "frontend")
+    pid_of(status, "grpc")  # the KServe v2 gRPC listener runs as its own program
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+        assert eventually(lambda: grpc_client.is_model_ready("digits"), 30, "gRPC ready")
     os.kill(broker, signal.SIGKILL)  # a crash: supervisord restarts it
     eventually(lambda: requests.post(f"{url}/digits/predict", files={"data": image},
                                      timeout=10).status_code == 200, 30, "service after the kill")
