@@ -15,7 +15,7 @@ measured side by side in one run on one machine.
      requests/s, p50/p90/p99 latency, non-2xx, server CPU ms per request (all server
      processes), peak PSS of all server processes; then batching off vs on at 1 and 32
      connections, and, alternating, images decoded by the workers vs by the frontends at 32,
-     and /predict vs KServe v2 REST (binary) at 32 (benchmarks/protocols.py).
+     and /predict vs KServe v2 REST (binary) and gRPC at 32 (benchmarks/protocols.py).
   3. The same for the digits CNN and for `noop` (output = input: the server's own cost),
      and the overhead baseline: a plain Flask app reading the same multipart form under
      gunicorn gthread with the frontend's process and thread counts
@@ -242,8 +242,7 @@ def main() -> None:
               "...", flush=True)
         results["alternating_protocols_at_32"] = protocols.compare(
             args.models_dir, args.rounds, args.duration / 2, 32)
-        print(f"  {results['alternating_protocols_at_32']['v2 / predict throughput per round']}",
-              flush=True)
+        print(f"  {results['alternating_protocols_at_32']}", flush=True)
     results["limit"]["digits"] = limit_of("digits", "once")
     served("digits", "digits", args.connections, "--workers-per-model", cores)
     if 32 in args.connections:
@@ -335,10 +334,12 @@ def main() -> None:
                        [r[key] for r in decode["frontends"]])
     protocol_runs = results.get("alternating_protocols_at_32")
     if protocol_runs:
-        ratios["resnet18 KServe v2 REST (binary) / predict throughput, 32 connections, "
-               "alternating rounds: median (each)"] = round_ratios(
-                   [r["requests_per_s"] for r in protocol_runs["runs"]["v2-rest binary"]],
-                   [r["requests_per_s"] for r in protocol_runs["runs"]["predict"]])
+        for protocol, label in (("v2-rest binary", "KServe v2 REST (binary)"),
+                                ("v2-grpc", "KServe v2 gRPC")):
+            ratios[f"resnet18 {label} / predict throughput, 32 connections, alternating "
+                   "rounds: median (each)"] = round_ratios(
+                       [r["requests_per_s"] for r in protocol_runs["runs"][protocol]],
+                       [r["requests_per_s"] for r in protocol_runs["runs"]["predict"]])
     ratios["resnet18 limit drift over the resnet18 runs (after / before)"] = limit[
         "drift_after_before"]
     ratios["resnet18 idle PSS of all server processes, MiB"] = results["served"][

@@ -1,6 +1,8 @@
-"""The same model answered through each protocol, on one server, taking turns under wrk:
-MMS 0.4's /predict (a multipart form) against KServe v2 REST with the binary tensor data
-extension (the JPEG as a BYTES tensor). Ratios are v2 / predict per round, and their median.
+"""The same model answered through each protocol, on one server, taking turns: MMS 0.4's
+/predict (a multipart form, under wrk), KServe v2 REST with the binary tensor data
+extension (the JPEG as a BYTES tensor, under wrk) and KServe v2 gRPC (the same tensor as
+raw_input_contents, from a grpc.aio client keeping the same number of calls in flight).
+Ratios are each protocol / predict per round, and their median.
 
     python benchmarks/protocols.py [--rounds 3] [--duration 10] [--connections 32]
 """
@@ -13,10 +15,14 @@ import statistics
 import struct
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from served import ROOT, Stack, run_wrk  # noqa: E402
+from served import ROOT, Stack, free_port, run_wrk  # noqa: E402
+
+from mxserve.common.proctree import cpu_seconds  # noqa: E402
 
 V2_LUA = ROOT / "benchmarks" / "v2_binary.lua"
 
@@ -33,6 +39,61 @@ def v2_body(image: bytes, folder: Path) -> tuple[Path, int]:
     return path, len(header)
 
 
+def grpc_request(image: bytes) -> bytes:
+    """A serialized ModelInferRequest for one encoded image, as tritonclient builds it."""
+    from mxserve.frontend.grpc_service import inference_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="resnet18")
+    request.inputs.add(name="data", datatype="BYTES", shape=[1])
+    request.outputs.add(name="softmax")
+    request.raw_input_contents.append(struct.pack("<I", len(image)) + image)
+    return request.SerializeToString()
+
+
+def run_grpc(stack: Stack, address: str, body: bytes, connections: int,
+             duration: float) -> dict:
+    """`connections` calls always in flight for `duration` seconds: throughput, latency,
+    errors and the server's CPU per call, as run_wrk reports them."""
+    import asyncio
+
+    import grpc
+
+    latencies: list[float] = []
+    errors = 0
+
+    async def caller(call: Any, until: float) -> None:
+        nonlocal errors
+        while time.monotonic() < until:
+            started = time.monotonic()
+            try:
+                await call(body, timeout=30)
+                latencies.append(time.monotonic() - started)
+            except grpc.RpcError:
+                errors += 1
+
+    async def load() -> float:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+            started = time.monotonic()
+            await asyncio.gather(*(caller(call, started + duration)
+                                   for _ in range(connections)))
+            return time.monotonic() - started
+
+    pids = stack.pids()
+    cpu_before = cpu_seconds(pids)
+    elapsed = asyncio.run(load())
+    cpu_used = cpu_seconds(pids) - cpu_before
+    ordered = sorted(latencies) or [0.0]
+    return {"connections": connections, "requests_per_s": round(len(latencies) / elapsed, 2),
+            "p50": round(ordered[len(ordered) // 2] * 1000, 2),
+            "p99": round(ordered[int(len(ordered) * 0.99) - 1 if len(ordered) > 1 else 0]
+                         * 1000, 2),
+            "requests": len(latencies), "non_2xx": errors,
+            "server_cpu_ms_per_request": round(cpu_used * 1000 / max(len(latencies), 1), 3)}
+
+
 def compare(models_dir: Path, rounds: int, duration: float, connections: int) -> dict:
     cores = str(os.cpu_count() or 1)
     image = (models_dir / "examples" / "china.jpg").read_bytes()
@@ -40,21 +101,28 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
         body, header_length = v2_body(image, Path(folder))
         v2 = ("/v2/models/resnet18/infer", V2_LUA,
               {"BENCH_FILE": str(body), "BENCH_HEADER_LENGTH": str(header_length)})
-        stack = Stack("resnet18", models_dir / "resnet18.model", "--workers-per-model", cores)
+        grpc_port = free_port()
+        stack = Stack("resnet18", models_dir / "resnet18.model", "--workers-per-model", cores,
+                      "--grpc-port", str(grpc_port))
+        call = grpc_request(image)
         try:
-            runs: dict[str, list[dict]] = {"predict": [], "v2-rest binary": []}
+            runs: dict[str, list[dict]] = {"predict": [], "v2-rest binary": [], "v2-grpc": []}
             for _ in range(rounds):
                 runs["predict"].append(run_wrk(stack, "resnet18", models_dir, connections,
                                                duration))
                 runs["v2-rest binary"].append(run_wrk(stack, "resnet18", models_dir,
                                                       connections, duration, v2))
+                runs["v2-grpc"].append(run_grpc(stack, f"127.0.0.1:{grpc_port}", call,
+                                                connections, duration))
         finally:
             stack.stop()
-    ratios = [v["requests_per_s"] / p["requests_per_s"]
-              for p, v in zip(runs["predict"], runs["v2-rest binary"])]
-    return {"connections": connections, "runs": runs,
-            "v2 / predict throughput per round": [round(r, 3) for r in ratios],
-            "v2 / predict throughput, median": round(statistics.median(ratios), 3)}
+    result: dict[str, Any] = {"connections": connections, "runs": runs}
+    for protocol in ("v2-rest binary", "v2-grpc"):
+        ratios = [v["requests_per_s"] / p["requests_per_s"]
+                  for p, v in zip(runs["predict"], runs[protocol])]
+        result[f"{protocol} / predict throughput per round"] = [round(r, 3) for r in ratios]
+        result[f"{protocol} / predict throughput, median"] = round(statistics.median(ratios), 3)
+    return result
 
 
 def main() -> None:
@@ -68,8 +136,9 @@ def main() -> None:
     for label, each in result["runs"].items():
         print(label, [(r["requests_per_s"], r["non_2xx"], r["server_cpu_ms_per_request"])
                       for r in each])
-    print("v2 / predict throughput per round", result["v2 / predict throughput per round"],
-          "median", result["v2 / predict throughput, median"])
+    for key, value in result.items():
+        if "/ predict" in key:
+            print(key, value)
 
 
 if __name__ == "__main__":
