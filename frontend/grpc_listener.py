@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,7 @@ from mxserve.frontend.exchange import (
     next_wire_id,
     record_prediction,
     request_id_for,
+    server_timing,
 )
 from mxserve.frontend.grpc_service import inference_pb2 as pb
 from mxserve.frontend.grpc_service import inference_pb2_grpc as pb_grpc
@@ -116,7 +118,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         status = 200
         try:
             inference_request = self._request(request)
+            parsed = time.monotonic()
             answer = self.inference.infer(inference_request, exchange)
+            # Where the time went, as REST's Server-Timing header says it, in the trailers.
+            context.set_trailing_metadata((("server-timing", server_timing(
+                exchange, parsed, answer.decoded, answer.timing)),))
             response = pb.ModelInferResponse(model_name=request.model_name,
                                              model_version="1", id=request.id)
             for tensor in answer.outputs:

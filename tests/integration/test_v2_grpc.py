@@ -66,6 +66,17 @@ def test_raw_tensors_are_answered_as_predict_answers_them(client, server):
     answer = client.infer("digits_mlp", [rows_input(rows)], request_id="g-1")
     assert answer.get_response().id == "g-1"
     assert answer.get_response().raw_output_contents  # raw_output_contents, not contents
+    channel = grpc.insecure_channel(server.grpc_address)
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                request_serializer=lambda b: b,
+                                response_deserializer=lambda b: b)
+    request = triton.service_pb2.ModelInferRequest(model_name="digits_mlp")
+    request.inputs.add(name="data", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(rows[:1].tobytes())
+    _, call = infer.with_call(request.SerializeToString(), timeout=30)
+    trailers = dict(call.trailing_metadata())
+    assert re.search(r"inference;dur=[\d.]+.*batch;desc=\d+", trailers["server-timing"])
+    channel.close()
     np.testing.assert_allclose(answer.as_numpy("softmax"), predict_json(server, rows),
                                atol=1e-5)
 
