@@ -63,9 +63,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     client = BrokerClient(config.broker_frontend, max_reply_frame_bytes(config))
     manager = BrokerClient(config.broker_management, max_reply_frame_bytes(config))
     catalog = Catalog(client)
-    limits = Limits(max_image_pixels=config.max_image_pixels,
-                    max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft,
-                    max_tensor_elements=config.max_json_elements)
+    limits = Limits.of(config)
     warm_up()
 
     def health() -> tuple[Response, int]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mxserve.common import images
+from mxserve.common.config import Config
 from mxserve.common.errors import InvalidInput, PayloadTooLarge
 from mxserve.common.signature import Signature, TensorSpec
 
@@ -34,6 +35,13 @@ class Limits:
     max_json_depth: int = 32
     max_tensor_elements: int = 500_000
     jpeg_draft: bool = False
+
+    @classmethod
+    def of(cls, config: Config) -> Limits:
+        """The limits a frontend process applies, from its settings."""
+        return cls(max_image_pixels=config.max_image_pixels,
+                   max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft,
+                   max_tensor_elements=config.max_json_elements)
 
 
 @dataclass(frozen=True)

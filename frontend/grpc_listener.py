@@ -208,9 +208,7 @@ def serve(config: Config) -> grpc.Server:
     """The started server (its threads serve until `stop`)."""
     client = BrokerClient(config.broker_frontend, max_reply_frame_bytes(config))
     catalog = Catalog(client)
-    limits = Limits(max_image_pixels=config.max_image_pixels,
-                    max_json_depth=config.max_json_depth, jpeg_draft=config.jpeg_draft,
-                    max_tensor_elements=config.max_json_elements)
+    limits = Limits.of(config)
     warm_up()
     server = grpc.server(
         futures.ThreadPoolExecutor(config.frontend_threads, thread_name_prefix="grpc"),
