@@ -158,8 +158,9 @@ def decode_sent_image(data: np.ndarray, spec: TensorSpec, limits: ImageLimits) -
 def _run(service: Any, signature: Signature, runnable: list[tuple[Item, list[np.ndarray]]]
          ) -> list[Outcome]:
     try:
-        asked = [read_fields(RequestItem, item.fields) for item, _ in runnable]
-        if any(wants_tensors(a.outputs) for a in asked):
+        # Reading each item's fields again costs /predict-only batches; a look suffices.
+        if any(wants_tensors(item.fields.get("outputs")) for item, _ in runnable):
+            asked = [read_fields(RequestItem, item.fields) for item, _ in runnable]
             return _run_mixed(service, signature, runnable, asked)
         answers = service.handle_batch([inputs for _, inputs in runnable])
         if len(answers) != len(runnable):
