@@ -31,6 +31,12 @@ class TensorSpec:
         return len(shape) == len(self.shape) and all(
             want == 0 or want == got for want, got in zip(self.shape, shape))
 
+    def accepts_rows(self, shape: tuple[int, ...]) -> bool:
+        """Whether a tensor of `shape` fits with any number of rows (at least one): the
+        signature's shape on every other axis."""
+        return (len(shape) == len(self.shape) and shape[0] >= 1
+                and TensorSpec(self.name, self.shape[1:]).accepts(shape[1:]))
+
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) of an NCHW image input."""

@@ -73,8 +73,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
             return jsonify(health="unhealthy!", reason=f"broker: {exc.message}"), 503
         raw = snapshot.raw
         statuses = {name: m["status"] for name, m in raw["models"].items()}
-        if raw["draining"] or not raw["models"] or any(m["ready"] < 1
-                                                       for m in raw["models"].values()):
+        if not snapshot.ready:
             detail: dict[str, Any] = {"models": statuses}
             if raw["draining"]:
                 detail["reason"] = "shutting down"

@@ -30,6 +30,16 @@ class Snapshot:
     signatures: dict[str, Signature]
     fetched: float  # when the broker was asked: the snapshot is at least this recent
 
+    @property
+    def ready(self) -> bool:
+        """Serving every model: not draining, and each has a ready worker."""
+        models = self.raw["models"]
+        return bool(models) and not self.raw["draining"] and all(
+            m["ready"] >= 1 for m in models.values())
+
+    def model_ready(self, model: str) -> bool:
+        return self.raw["models"].get(model, {}).get("ready", 0) >= 1
+
 
 class Catalog:
     def __init__(self, client: BrokerClient) -> None:

@@ -11,6 +11,7 @@ message as the details.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import grpc
-import numpy as np
 
 from mxserve.common.config import Config, broker_endpoints, load_config, max_reply_frame_bytes
 from mxserve.common.errors import EXIT_BAD_CONFIG, EXIT_OK, InvalidInput, MXServeError
@@ -51,9 +51,9 @@ from mxserve.frontend.v2_inference import (
 from mxserve.frontend.v2_tensors import (
     BYTES,
     DATATYPES,
-    NUMERIC,
     Tensor,
     checked_shape,
+    from_json,
     from_raw,
     raw_of,
 )
@@ -86,17 +86,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def ready() -> bool:
-            raw = self.catalog.fetch().raw
-            return bool(raw["models"]) and not raw["draining"] and all(
-                m["ready"] >= 1 for m in raw["models"].values())
-        return pb.ServerReadyResponse(ready=self._answer(context, "ServerReady", ready))
+        return pb.ServerReadyResponse(ready=self._answer(
+            context, "ServerReady", lambda: self.catalog.fetch().ready))
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def ready() -> bool:
-            entry = self.catalog.fetch().raw["models"].get(request.name, {})
-            return entry.get("ready", 0) >= 1
-        return pb.ModelReadyResponse(ready=self._answer(context, "ModelReady", ready))
+        return pb.ModelReadyResponse(ready=self._answer(
+            context, "ModelReady", lambda: self.catalog.fetch().model_ready(request.name)))
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(**server_metadata(self.version))
@@ -185,23 +180,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def _from_contents(tensor: Any, shape: tuple[int, ...]) -> Tensor:
+    """An input sent as typed contents: numbers through the JSON path's element checks."""
     values = list(getattr(tensor.contents, CONTENTS[tensor.datatype]))
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(values) != count:
-        raise InvalidInput(f"input {tensor.name!r}: {len(values)} elements for shape "
+    if tensor.datatype != BYTES:
+        return from_json(tensor.name, tensor.datatype, shape, values)
+    if len(values) != math.prod(shape):
+        raise InvalidInput(f"input {tensor.name!r}: {len(values)} BYTES elements for shape "
                            f"{list(shape)}")
-    if tensor.datatype == BYTES:
-        return Tensor(tensor.name, BYTES, shape, elements=tuple(values))
-    dtype = NUMERIC[tensor.datatype]
-    if dtype.kind in "iu":
-        bounds = np.iinfo(dtype)
-        if values and not bounds.min <= min(values) <= max(values) <= bounds.max:
-            raise InvalidInput(f"input {tensor.name!r}: a value does not fit "
-                               f"{tensor.datatype}")
-    array = np.array(values, dtype=dtype).reshape(shape)
-    if dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput(f"input {tensor.name!r} holds NaN or infinity")
-    return Tensor(tensor.name, tensor.datatype, shape, array=array)
+    return Tensor(tensor.name, BYTES, shape, elements=tuple(values))
 
 
 def serve(config: Config) -> grpc.Server:

@@ -24,13 +24,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mxserve.common import images
 from mxserve.common.config import FRONTEND_WAIT_MARGIN_S, Config
 from mxserve.common.errors import InvalidInput
 from mxserve.common.signature import Signature, TensorSpec
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
-from mxserve.frontend.decode import Limits, decode_image
+from mxserve.frontend.decode import Limits, image_input
 from mxserve.frontend.exchange import Exchange
 from mxserve.frontend.v2_tensors import BYTES, Tensor, datatype_of
 
@@ -66,12 +65,6 @@ def batch_axis(shape: tuple[int, ...]) -> list[int]:
     """A signature shape in v2 metadata: axis 0 is the batch axis (MMS 0.4 wrote 1 or 0
     there), and 0 elsewhere ("any size") is -1 too."""
     return [-1, *(d if d > 0 else -1 for d in shape[1:])]
-
-
-def fits(spec: TensorSpec, shape: tuple[int, ...]) -> bool:
-    """Any number of rows (at least one), and the signature's shape on the other axes."""
-    return len(shape) == len(spec.shape) and shape[0] >= 1 and TensorSpec(
-        spec.name, spec.shape[1:]).accepts(shape[1:])
 
 
 def model_metadata(model: str, signature: Signature) -> dict[str, Any]:
@@ -168,10 +161,8 @@ class V2Inference:
         data = tensor.elements[0]
         if not data:
             raise InvalidInput(f"input {spec.name!r} is empty")
-        if self.config.images_decoded_by_workers:
-            images.open_image(data, self.limits.max_image_pixels)  # type and size, now
-            return np.frombuffer(data, np.uint8), True
-        return decode_image(data, spec, self.limits), False
+        by_workers = self.config.images_decoded_by_workers
+        return image_input(data, spec, self.limits, decode=not by_workers), by_workers
 
 
 def _model_layout(spec: TensorSpec, tensor: Tensor) -> np.ndarray:
@@ -191,7 +182,7 @@ def _json_model_tensor(spec: TensorSpec, tensor: Tensor) -> np.ndarray:
 
 def _shaped(spec: TensorSpec, tensor: Tensor) -> np.ndarray:
     assert tensor.array is not None
-    if not fits(spec, tensor.shape):
+    if not spec.accepts_rows(tensor.shape):
         raise InvalidInput(f"input {spec.name!r} has shape {list(tensor.shape)}; the model "
                            f"takes {batch_axis(spec.shape)} (-1: any size)")
     return tensor.array

@@ -48,18 +48,17 @@ def v2_routes(inference: V2Inference, catalog: Catalog, version: str,
         return json_bytes({"live": True})
 
     def ready(environ: dict[str, Any], exchange: Exchange, headers: Headers) -> bytes:
-        raw = catalog.fetch().raw
-        if raw["draining"] or not raw["models"] or any(
-                m["ready"] < 1 for m in raw["models"].values()):
-            why = "shutting down" if raw["draining"] else "a model has no ready worker"
+        snapshot = catalog.fetch()
+        if not snapshot.ready:
+            why = ("shutting down" if snapshot.raw["draining"]
+                   else "a model has no ready worker")
             raise ServiceUnavailable(f"the server is not ready: {why}")
         return json_bytes({"ready": True})
 
     def model_ready(environ: dict[str, Any], exchange: Exchange, headers: Headers,
                     model: str) -> bytes:
         inference.signature(model)
-        entry = catalog.fetch().raw["models"].get(model, {})
-        if entry.get("ready", 0) < 1:
+        if not catalog.fetch().model_ready(model):
             raise ServiceUnavailable(f"model {model!r} has no ready worker")
         return json_bytes({"name": model, "ready": True})
 

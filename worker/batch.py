@@ -125,9 +125,7 @@ def inputs_in_order(signature: Signature, item: Item, limits: ImageLimits = DEFA
     for spec in signature.inputs:
         array = item.arrays[spec.name]
         if asked.preprocessed:
-            rows = TensorSpec(spec.name, spec.shape[1:])  # any number of rows
-            if (array.dtype not in (np.float32, np.uint8) or array.ndim != len(spec.shape)
-                    or array.shape[0] < 1 or not rows.accepts(array.shape[1:])):
+            if array.dtype not in (np.float32, np.uint8) or not spec.accepts_rows(array.shape):
                 raise InvalidInput(f"input {spec.name!r} must be float32 or uint8 of shape "
                                    f"[N, {', '.join(map(str, spec.shape[1:]))}] (0 = any), "
                                    f"got {array.dtype} {list(array.shape)}")

@@ -186,6 +186,33 @@ def test_the_generated_stubs_are_those_of_the_committed_proto(tmp_path):
         assert (tmp_path / name).read_text() == committed, f"{name} is stale: regenerate it"
 
 
+def test_typed_contents_are_checked_like_json_data(server):
+    """Inputs as InferTensorContents instead of raw bytes (other v2 clients send these)."""
+    channel = grpc.insecure_channel(server.grpc_address)
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                request_serializer=lambda b: b,
+                                response_deserializer=triton.service_pb2.ModelInferResponse
+                                .FromString)
+    rows = np.random.default_rng(17).random((2, 64), dtype=np.float32) * 16
+    request = triton.service_pb2.ModelInferRequest(model_name="digits_mlp")
+    tensor = request.inputs.add(name="data", datatype="FP32", shape=[2, 64])
+    tensor.contents.fp32_contents.extend(rows.reshape(-1).tolist())
+    answer = infer(request.SerializeToString(), timeout=30)
+    got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(2, 10)
+    np.testing.assert_allclose(got, predict_json(server, rows), atol=1e-5)
+    for datatype, field, values in (("FP32", "fp32_contents", [0.5] * 63),
+                                    ("INT32", "int_contents", [1] * 64),
+                                    ("UINT8", "uint_contents", [300] * 64)):
+        bad = triton.service_pb2.ModelInferRequest(model_name="digits_mlp")
+        tensor = bad.inputs.add(name="data", datatype=datatype, shape=[1, 64])
+        getattr(tensor.contents, field).extend(values)
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(bad.SerializeToString(), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (datatype,
+                                                                          refused.value)
+    channel.close()
+
+
 def test_a_killed_grpc_listener_is_restarted_and_serves_again(server):
     """Last in this file: the other tests here use the listener."""
     import os
