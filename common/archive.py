@@ -1,4 +1,6 @@
-"""Reading MMS 0.4 model archives (`.model` zip or an unpacked folder), safely.
+"""Reading model archives, safely: MMS 0.4's (`.model`: MANIFEST.json, signature.json,
+symbol and params) and MMS 1.x's (`.mar`: MAR-INF/MANIFEST.json naming a handler), as a zip
+or an unpacked folder.
 
 Lifecycle: `load_archive(path, extract_root)` checks every zip entry before writing a byte
 (path escapes, symlinks, duplicates, encryption, entry count, total size, compression
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from mxserve.common.errors import ArchiveError
 from mxserve.common.manifest import Manifest, parse_manifest, validate_model_name
+from mxserve.common.mar_manifest import MAR_MANIFEST, MarManifest, parse_mar_manifest
 from mxserve.common.signature import Signature, parse_signature
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -39,22 +42,34 @@ class ExtractionLimits:
 
 @dataclass(frozen=True)
 class ModelArchive:
+    """An MMS 0.4 archive has `manifest` and `signature`; an MMS 1.x one has `mar` instead
+    (its handler takes raw request bodies, so there is no signature to check them by)."""
+
     name: str
     root: Path
-    manifest: Manifest
-    signature: Signature
+    manifest: Manifest | None
+    signature: Signature | None
     synset: tuple[str, ...] | None = field(default=None, repr=False)
+    mar: MarManifest | None = None
+
+    @property
+    def is_handler(self) -> bool:
+        """Served through an MMS 1.x `handle(data, context)`."""
+        return self.mar is not None
 
     @property
     def symbol_path(self) -> Path:
+        assert self.manifest is not None, "an MMS 1.x archive names no symbol file"
         return self.root / self.manifest.symbol_file
 
     @property
     def params_path(self) -> Path:
+        assert self.manifest is not None, "an MMS 1.x archive names no params file"
         return self.root / self.manifest.params_file
 
     @property
     def service_path(self) -> Path:
+        assert self.manifest is not None, "an MMS 1.x archive's service is its handler"
         return self.root / self.manifest.service_file
 
 
@@ -85,6 +100,8 @@ def load_archive(path: str | os.PathLike[str], extract_root: str | os.PathLike[s
 
 def read_folder(root: Path, name: str | None = None) -> ModelArchive:
     """Parse an unpacked archive folder; every file the manifest names must be in it."""
+    if (root / MAR_MANIFEST).exists():
+        return read_mar_folder(root, name)
     manifest = parse_manifest(_read_json(root, MANIFEST_NAME))
     for key, file_name in (("Symbol", manifest.symbol_file), ("Parameters", manifest.params_file),
                            ("Signature", manifest.signature_file)):
@@ -101,6 +118,20 @@ def read_folder(root: Path, name: str | None = None) -> ModelArchive:
                         manifest=manifest, signature=signature, synset=synset)
 
 
+def read_mar_folder(root: Path, name: str | None = None) -> ModelArchive:
+    """An unpacked `.mar`: its manifest, and the handler's module file at the top."""
+    mar = parse_mar_manifest(_read_json(root, MAR_MANIFEST))
+    top_module = mar.module.split(".")[0]
+    if not ((root / f"{top_module}.py").is_file() or (root / top_module).is_dir()):
+        raise ArchiveError(f"the handler module {mar.module!r} named in {MAR_MANIFEST} is not "
+                           "in the archive")
+    for path in (root / f"{top_module}.py", root / top_module):
+        if path.is_symlink():
+            raise ArchiveError(f"the handler module {path.name!r} is a symbolic link")
+    return ModelArchive(name=validate_model_name(name or mar.model_name), root=root,
+                        manifest=None, signature=None, mar=mar)
+
+
 def extract_zip(archive: Path, extract_root: Path,
                 limits: ExtractionLimits) -> tuple[Path, bool]:
     """Safely extract `archive` under `extract_root`; return the folder holding
@@ -108,7 +139,7 @@ def extract_zip(archive: Path, extract_root: Path,
     digest = _file_digest(archive)
     target = extract_root / f"{archive.stem}-{digest[:16]}"
     created = False
-    if not (target / MANIFEST_NAME).is_file():
+    if not _has_manifest(target):
         extract_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=extract_root))
         try:
@@ -122,7 +153,7 @@ def extract_zip(archive: Path, extract_root: Path,
                 created = True
             except OSError:
                 # Another process extracted the same archive first: theirs is identical.
-                if not (target / MANIFEST_NAME).is_file():
+                if not _has_manifest(target):
                     raise
         finally:
             if staging.exists():
@@ -209,18 +240,23 @@ def _checked_members(archive_name: str, members: list[zipfile.ZipInfo],
     return files
 
 
+def _has_manifest(folder: Path) -> bool:
+    return (folder / MANIFEST_NAME).is_file() or (folder / MAR_MANIFEST).is_file()
+
+
 def _hoist_single_folder(dest: Path) -> None:
     """Archives zipped as `name/...` instead of flat: move the one folder's content up."""
-    if (dest / MANIFEST_NAME).exists():
+    if (dest / MANIFEST_NAME).exists() or (dest / MAR_MANIFEST).exists():
         return
     entries = list(dest.iterdir())
-    if len(entries) == 1 and entries[0].is_dir() and (entries[0] / MANIFEST_NAME).is_file():
+    if len(entries) == 1 and entries[0].is_dir() and _has_manifest(entries[0]):
         inner = entries[0]
         for child in inner.iterdir():
             child.rename(dest / child.name)
         inner.rmdir()
         return
-    raise ArchiveError(f"{MANIFEST_NAME} must be at the top of the archive")
+    raise ArchiveError(f"{MANIFEST_NAME} (MMS 0.4) or {MAR_MANIFEST} (MMS 1.x) must be at "
+                       "the top of the archive")
 
 
 def _require_plain_file(root: Path, file_name: str, what: str) -> Path:

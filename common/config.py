@@ -159,8 +159,7 @@ def validate(config: Config) -> None:
         if not config.log_file:
             raise ConfigError("log_rotation_time needs log_file")
         parse_rotation(config.log_rotation_time)
-    for entry in config.models:
-        parse_model_spec(entry)
+    model_entries(config)
     parse_batching(config.batching)
     parse_services(config.services)
 
@@ -215,9 +214,38 @@ def service_for(config: Config, model: str) -> tuple[str, str]:
     return parse_services(config.services).get(model, (config.service, ""))
 
 
-def batching_for(config: Config, model: str) -> Batching:
-    return parse_batching(config.batching).get(
-        model, Batching(config.max_batch_size, config.max_batch_delay_ms))
+def batching_for(config: Config, model: str, handler: bool = False) -> Batching:
+    """`handler`: an MMS 1.x handler gets one request at a time unless its batching is set
+    for it by name, as MMS 1.x's batch_size defaults to 1 (such services assume it)."""
+    default = Batching(1 if handler else config.max_batch_size, config.max_batch_delay_ms)
+    return parse_batching(config.batching).get(model, default)
+
+
+ARCHIVE_SUFFIXES = (".mar", ".model")  # what `--models all` serves from the model store
+
+
+def model_entries(config: Config) -> list[tuple[str | None, str]]:
+    """`models` as (name or None, archive path). As in MMS 1.x, `all` is every archive in
+    `model_store`, and a relative path not found from the working folder is looked up in
+    `model_store`. A URL is refused: downloads go through the management API's allowlist."""
+    entries: list[tuple[str | None, str]] = []
+    for entry in config.models:
+        if entry == "all":
+            if not config.model_store:
+                raise ConfigError("models = all needs model_store (--model-store DIR)")
+            store = Path(config.model_store)
+            entries += [(None, str(path)) for path in sorted(store.iterdir())
+                        if path.suffix in ARCHIVE_SUFFIXES and path.is_file()]
+            continue
+        name, path = parse_model_spec(entry)
+        if "://" in path:
+            raise ConfigError(f"model {entry!r}: archives are loaded from local files at "
+                              "start; register a URL with POST /models (model_url_allowlist)")
+        if (config.model_store and not os.path.isabs(path) and not os.path.exists(path)
+                and os.path.exists(os.path.join(config.model_store, path))):
+            path = os.path.join(config.model_store, path)
+        entries.append((name, path))
+    return entries
 
 
 def parse_model_spec(entry: str) -> tuple[str | None, str]:

@@ -67,10 +67,12 @@ class Kind(enum.IntEnum):
     # 5 was a whole-message error, never sent: errors are per item.
 
 
-ANSWER = "answer"  # the array name of a worker's JSON answer
-JSON_DTYPE = "json"  # the dtype tag of a frame holding UTF-8 JSON bytes
+ANSWER = "answer"  # the array name of a worker's answer: JSON, or a handler's own bytes
+JSON_DTYPE = "json"  # the dtype tag of a frame of answer bytes (UTF-8 JSON but for handlers)
 RESULT = "result"  # the item field of a CATALOG or MANAGE reply's result
 ERROR = "error"  # the item field of an error, as MXServeError.to_wire() writes it
+CONTENT_TYPE = "content_type"  # reply item field: an MMS 1.x handler's answer's media type
+STATUS = "status"  # reply item field: the HTTP status an MMS 1.x handler set
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -119,6 +121,10 @@ class RequestItem(NamedTuple):
     # model's output tensors ({} all of them), a count > 0 giving its top classes instead.
     outputs: Any = None
     preprocessed: bool = False  # its tensors are in the model's input layout already
+    # An MMS 1.x handler's request: {name: content type} of its values, each sent as the
+    # uint8 array of that name; None for a tensor request.
+    parameters: Any = None
+    headers: Any = None  # an MMS 1.x handler's request: {header name: value}
 
 
 class Reply(NamedTuple):

@@ -66,7 +66,9 @@ MAX_BATCH_DELAY_MS = 10_000.0  # longer than any sane batching window: a typo ot
 MIN_TOKEN_CHARS = 16  # a shorter secret can be guessed; 16 random characters cannot
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("models", list, [], "models to serve, as name=archive (a .model zip or folder)"),
+    Setting("models", list, [], "models to serve, as name=archive (a .model or .mar zip or "
+            "folder; a relative path is also looked for in model_store), or all: every "
+            "archive in model_store"),
     Setting("host", str, "127.0.0.1", "inference listener address"),
     Setting("port", int, 8080, "inference listener port", _positive),
     Setting("grpc_port", int, 0, "KServe v2 gRPC listener port, on host (0: no gRPC "
@@ -89,7 +91,8 @@ SETTINGS: tuple[Setting, ...] = (
             "on another name is refused: DNS rebinding)"),
     Setting("enable_model_api", bool, False, "allow POST /models and DELETE /models/<name> "
             "(an archive's service file is Python that runs as this server's user)"),
-    Setting("model_store", str, "", "the folder POST /models may load local archives from "
+    Setting("model_store", str, "", "the folder of archives: --models all and name=file "
+            "at start, and the only folder POST /models may load local archives from "
             "(resolved path, symlinks included, must stay inside); empty: no local paths"),
     Setting("model_url_allowlist", list, [], "URL prefixes POST /models may download "
             "archives from, as scheme://host[:port]/path/ (exact scheme, host and port; the "

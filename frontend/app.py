@@ -25,9 +25,11 @@ from mxserve.common.version import installed_version
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.decode import Limits
+from mxserve.frontend.handler_request import HandlerPredictor
 from mxserve.frontend.management import add_management_routes
 from mxserve.frontend.openapi import build_spec
-from mxserve.frontend.predict import predict_route
+from mxserve.frontend.predict import TensorPredictor, predict_route
+from mxserve.frontend.predictions import predictions_route
 from mxserve.frontend.request_context import CLIENT_LIMITS_KEY, ClientLimits
 from mxserve.frontend.request_path import RequestPath
 from mxserve.frontend.v2_inference import V2Inference
@@ -98,8 +100,10 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
         return jsonify(description=build_spec(catalog.signatures(), request.host, extra_paths))
 
     inference = V2Inference(config, client, catalog, limits)
+    tensors, handlers = TensorPredictor(config, client, limits), HandlerPredictor(config, client)
     app.wsgi_app = RequestPath(  # type: ignore[method-assign]
-        app, [predict_route(config, client, catalog, limits),
+        app, [predict_route(config, catalog, tensors, handlers),
+              predictions_route(config, catalog, tensors, handlers),
               *v2_routes(inference, catalog, installed_version(), config.max_body_bytes,
                          config.max_json_elements)],
         config.frontend_queue_timeout_s, config.access_log, {"/v2/": v2_error_answer})

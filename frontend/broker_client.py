@@ -199,6 +199,14 @@ class BrokerClient:
             budget_s * 1000.0, encoded_images, dict(outputs), preprocessed))
         return answer.arrays, fields
 
+    def handle(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
+               budget_s: float, wait_s: float, parameters: Mapping[str, str],
+               headers: Mapping[str, str]) -> tuple[Item, Mapping[str, Any]]:
+        """Run one request through an MMS 1.x handler (`arrays`: each value's bytes as
+        uint8, `parameters`: their media types); return (the answer item, reply fields)."""
+        return self._request(model, request_id, arrays, wait_s, RequestItem(
+            budget_s * 1000.0, parameters=dict(parameters), headers=dict(headers)))
+
     def _request(self, model: str, request_id: str, arrays: dict[str, np.ndarray],
                  wait_s: float, asked: RequestItem) -> tuple[Item, Mapping[str, Any]]:
         reply = self.call(Kind.REQUEST, fields_of(Request(model)),

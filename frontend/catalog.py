@@ -27,8 +27,12 @@ NAME_ECHOED = 64  # and this much of the name asked for
 @dataclass(frozen=True)
 class Snapshot:
     raw: dict[str, Any]
-    signatures: dict[str, Signature]
+    signatures: dict[str, Signature]  # MMS 0.4 models: tensors in, by their signature
     fetched: float  # when the broker was asked: the snapshot is at least this recent
+    handlers: frozenset[str] = frozenset()  # MMS 1.x models: raw requests to handle()
+
+    def knows(self, model: str) -> bool:
+        return model in self.signatures or model in self.handlers
 
     @property
     def ready(self) -> bool:
@@ -54,7 +58,9 @@ class Catalog:
         raw = self.client.catalog(CATALOG_TIMEOUT_S)
         signatures = {name: parse_signature(model["signature"])
                       for name, model in raw["models"].items() if model.get("signature")}
-        snapshot = Snapshot(raw, signatures, asked)
+        handlers = frozenset(name for name, model in raw["models"].items()
+                             if model.get("handler"))
+        snapshot = Snapshot(raw, signatures, asked, handlers)
         with self._lock:
             if self._snapshot is None or asked >= self._snapshot.fetched:
                 self._snapshot = snapshot
@@ -84,20 +90,25 @@ class Catalog:
                 return snapshot
             return self.fetch()
 
-    def signature(self, model: str) -> Signature | None:
+    def snapshot_for(self, model: str) -> Snapshot:
+        """The current snapshot, refreshed first if it does not know `model`."""
         snapshot = self.current()
-        if model not in snapshot.signatures:
+        if not snapshot.knows(model):
             since = time.monotonic() - UNKNOWN_MODEL_FRESH_S
             if snapshot.fetched < since:
                 snapshot = self._recent(since)
-        return snapshot.signatures.get(model)
+        return snapshot
+
+    def signature(self, model: str) -> Signature | None:
+        return self.snapshot_for(model).signatures.get(model)
 
     def signatures(self) -> dict[str, Signature]:
         return self.current().signatures
 
     def not_loaded(self, model: str) -> ModelNotFound:
         """The 404 for a model that is not loaded, naming the loaded ones."""
-        loaded = sorted(self.current().signatures)
+        snapshot = self.current()
+        loaded = sorted([*snapshot.signatures, *snapshot.handlers])
         listing = ", ".join(loaded[:MODELS_LISTED]) + (
             f" and {len(loaded) - MODELS_LISTED} more" if len(loaded) > MODELS_LISTED else "")
         return ModelNotFound(f"model {model[:NAME_ECHOED]!r} is not loaded; loaded "

@@ -33,6 +33,7 @@ class Exchange:
     model: str = "-"  # a served model's name only: safe as a log field and a metric label
     timing: Mapping[str, Any] | None = None  # the broker's reply fields
     protocol: str = "-"  # the inference protocol of a prediction: "predict", "v2-rest", ...
+    status: int = 200  # a direct route's answer status: an MMS 1.x handler may set another
 
 
 _ids = itertools.count()

@@ -88,7 +88,14 @@ def _urlencoded_fields(body: bytes, max_parts: int) -> list[Field]:
 
 
 def _multipart_fields(body: bytes, boundary: str, max_parts: int) -> list[Field]:
-    fields: list[Field] = []
+    return [Field(segment.name, _text(segment.name, data), False) if segment.filename is None
+            else Field(segment.name, data, True)
+            for segment, data in _multipart_parts(body, boundary, max_parts)]
+
+
+def _multipart_parts(body: bytes, boundary: str, max_parts: int
+                     ) -> list[tuple[multipart.MultipartSegment, bytes]]:
+    parts: list[tuple[multipart.MultipartSegment, bytes]] = []
     chunks: list[bytes] = []
     segment: multipart.MultipartSegment | None = None
     try:
@@ -101,21 +108,45 @@ def _multipart_fields(body: bytes, boundary: str, max_parts: int) -> list[Field]
             elif event is not None:
                 chunks.append(event)
             elif segment is not None:  # the part is complete
-                data = b"".join(chunks)
-                if segment.filename is None:
-                    fields.append(Field(segment.name, _text(segment.name, data), False))
-                else:
-                    fields.append(Field(segment.name, data, True))
+                parts.append((segment, b"".join(chunks)))
     except multipart.ParserLimitReached as exc:
         raise PayloadTooLarge(f"multipart body over a limit (at most {max_parts} parts, "
                               f"{PART_HEADER_COUNT} headers of {PART_HEADER_BYTES} bytes "
                               f"each): {exc}") from exc
     except multipart.MultipartError as exc:
-        if not fields and segment is None:
+        if not parts and segment is None:
             raise InvalidInput(f"the body holds no multipart part delimited by the boundary "
                                f"{boundary!r} given in Content-Type") from exc
         raise InvalidInput(f"malformed multipart/form-data body: {exc}") from exc
-    return fields
+    return parts
+
+
+@dataclass(frozen=True)
+class Part:
+    """One value of a request for an MMS 1.x handler: its name, bytes and media type."""
+
+    name: str
+    data: bytes
+    content_type: str
+
+
+def read_parts(environ: dict[str, Any], limits: FormLimits) -> list[Part]:
+    """A request as MMS 1.x hands it to a handler: a form's fields by their names (a text
+    field has no media type), or any other body whole, as "body", with its Content-Type."""
+    mimetype, options = media_type(environ)
+    body = read_body(environ, limits.max_body_bytes)
+    if mimetype == URLENCODED:
+        return [Part(f.name, f.data.encode() if isinstance(f.data, str) else f.data, "")
+                for f in _urlencoded_fields(body, limits.max_parts)]
+    if mimetype == MULTIPART:
+        boundary = options.get("boundary", "")
+        if not boundary:
+            raise InvalidInput("multipart/form-data without a boundary parameter in "
+                               "Content-Type")
+        return [Part(segment.name, data,
+                     (segment.content_type or "") if segment.filename is not None else "")
+                for segment, data in _multipart_parts(body, boundary, limits.max_parts)]
+    return [Part("body", body, environ.get("CONTENT_TYPE", ""))]
 
 
 def _text(name: str, data: bytes) -> str:

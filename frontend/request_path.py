@@ -113,7 +113,7 @@ class RequestPath:
                     f"the server is overloaded (this request waited {exchange.waited_s:.1f}s "
                     "for a frontend thread); retry", retry_after_s=1)
             body = route.handler(environ, exchange, headers, **values)
-            status = 200
+            status = exchange.status
             if not any(name == "Content-Type" for name, _ in headers):
                 headers.append(JSON)
         except Exception as error:  # every failure, ours or the client's, answered alike
@@ -123,7 +123,7 @@ class RequestPath:
             del headers[1:]  # an error answer keeps only X-Request-Id of what was set
             status, body = self._error_answer(error, exchange, headers)
         headers.append(("Content-Length", str(len(body))))
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        start_response(f"{status} {_phrase(status)}", headers)
         if route is not None and route.is_prediction:
             record_prediction(exchange, status)
         log_access(exchange, status, len(body), self.access_log)
@@ -181,6 +181,13 @@ def _redirect(error: Exception) -> Any:
     if isinstance(error, HTTPException) and error.code is not None and error.code < 400:
         return error.get_response()
     return None
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a status a handler set that has no registered name
+        return "Unknown"
 
 
 def _wsgi_text(path: str) -> str:

@@ -40,7 +40,13 @@ from typing import Any
 
 from mxserve.common import management_token
 from mxserve.common.child_processes import spawn
-from mxserve.common.config import Config, broker_endpoints, load_config, without_secrets
+from mxserve.common.config import (
+    Config,
+    broker_endpoints,
+    load_config,
+    model_entries,
+    without_secrets,
+)
 from mxserve.common.errors import (
     EXIT_BAD_CONFIG,
     EXIT_CRASH,
@@ -83,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     config_file = args.pop("config", None)
     try:
         config = load_config(args, config_file)
-        if not config.models:
-            raise ConfigError("no models: pass --models name=archive ...")
-        for entry in config.models:
-            path = entry.partition("=")[2] or entry
+        entries = model_entries(config)
+        if not entries:
+            raise ConfigError("no models: pass --models name=archive ... (or all, with "
+                              "--model-store holding .mar or .model archives)")
+        for _, path in entries:
             if not Path(path).exists():
                 raise ConfigError(f"model archive not found: {path}")
         check_ports_free(config)

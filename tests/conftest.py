@@ -35,3 +35,31 @@ def sample_models() -> dict[str, Path]:
     import make_sample_models
 
     return make_sample_models.build(SAMPLE_MODELS)
+
+
+MAR_SERVICES = DATA / "mar_services"
+
+
+def build_mar(model_archive: Path, handler_file: Path, handler: str, name: str,
+              export_dir: Path) -> Path:
+    """A `.mar` made by the real `model-archiver` (MMS 1.x's tool): the weights, signature
+    and synset of an MMS 0.4 sample archive (`model_archive`, or None for none) beside
+    `handler_file`, with `handler` as the manifest's model.handler."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    source = export_dir / f"{name}-source"
+    source.mkdir(parents=True)
+    if model_archive is not None:
+        with zipfile.ZipFile(model_archive) as zf:
+            for entry in zf.namelist():
+                if entry not in ("MANIFEST.json", "mxnet_vision_service.py"):
+                    zf.extract(entry, source)
+    shutil.copy(handler_file, source)
+    archiver = Path(sys.executable).parent / "model-archiver"
+    subprocess.run([str(archiver), "--model-name", name, "--model-path", str(source),
+                    "--handler", handler, "--export-path", str(export_dir), "-f"],
+                   check=True, capture_output=True, timeout=60)
+    shutil.rmtree(source)
+    return export_dir / f"{name}.mar"

@@ -25,7 +25,16 @@ from mxserve.common.errors import (
     MXServeError,
     exception_text,
 )
-from mxserve.common.protocol import ANSWER, Item, RequestItem, answer_json, error_item, read_fields
+from mxserve.common.protocol import (
+    ANSWER,
+    CONTENT_TYPE,
+    STATUS,
+    Item,
+    RequestItem,
+    answer_json,
+    error_item,
+    read_fields,
+)
 from mxserve.common.settings import BY_NAME
 from mxserve.common.signature import Signature, TensorSpec
 from mxserve.worker.tensor_answers import checked_outputs, forward_mixed, wants_tensors
@@ -55,12 +64,22 @@ class Outcome:
     result: Any = None
     error: MXServeError | None = None
     tensors: Mapping[str, Any] | None = None  # output tensors, for those who asked for them
+    body: bytes | None = None  # an MMS 1.x handler's answer, with its media type and status
+    content_type: str = ""
+    status: int = 200
 
     def to_item(self, max_bytes: int = 0) -> Item:
         """The wire item: the answer as JSON in a frame of its own (or the output tensors,
         each a frame), or the error; an answer that JSON cannot carry, or one over
         `max_bytes`, is this request's error alone."""
         error = self.error
+        if error is None and self.body is not None:
+            if not max_bytes or len(self.body) <= max_bytes:
+                return Item(id=self.id, fields={CONTENT_TYPE: self.content_type,
+                                                STATUS: self.status},
+                            arrays={ANSWER: self.body})
+            error = InternalServerError(f"the answer is {len(self.body)} bytes, over "
+                                        f"max_reply_bytes ({max_bytes})")
         if error is None and self.tensors is not None:
             size = sum(len(v) if isinstance(v, bytes) else v.nbytes
                        for v in self.tensors.values())

@@ -60,6 +60,7 @@ from mxserve.worker.batch import (  # numpy only: safe before OMP_NUM_THREADS
     ImageLimits,
     run_batch,
 )
+from mxserve.worker.handler_batch import run_handler_batch
 from mxserve.worker.lent_cores import LentCores  # mxnet imported only when a batch runs wide
 
 log = logging.getLogger("worker")
@@ -118,9 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         archive = load_archive(args.archive, args.extract_dir, name=args.model_name)
         args.max_batch_size = batch_size_within_memory(archive, args.max_batch_size,
                                                        args.batch_memory_mb)
-        service = load_service(archive, gpu=args.gpu, max_batch_size=args.max_batch_size,
-                               service_file=args.service_file,
-                               service_class=args.service_class, run_forward=lent.run)
+        if archive.is_handler:
+            from mxserve.worker.services.handler_service import HandlerService
+
+            service: Any = HandlerService(archive, args.gpu, args.max_batch_size)
+        else:
+            service = load_service(archive, gpu=args.gpu, max_batch_size=args.max_batch_size,
+                                   service_file=args.service_file,
+                                   service_class=args.service_class, run_forward=lent.run)
     except MXServeError as exc:
         log.error("cannot load model from %s: %s", args.archive, exc.message)
         report_load_failure(args, exc.message)
@@ -151,8 +157,8 @@ def batch_size_within_memory(archive: Any, requested: int, budget_mb: float) -> 
     """The largest batch size up to `requested` whose activations fit in `budget_mb`: one
     default serves a do-nothing model (batches of 32) and resnet18 (8) alike. The worker
     reports the result in READY, and the broker never sends it more."""
-    if budget_mb <= 0 or requested <= 1:
-        return requested
+    if budget_mb <= 0 or requested <= 1 or archive.signature is None:
+        return requested  # an MMS 1.x handler's model is its own business
     from mxserve.worker.predictor import activation_bytes_per_sample
 
     shapes = {spec.name: (1, *[d or 1 for d in spec.shape[1:]])
@@ -205,7 +211,7 @@ class Worker:
         self.lent_cores = lent
         self.image_limits = ImageLimits(args.max_image_pixels, args.jpeg_draft)
         self.threads = lent.own_threads  # reported in READY: what the broker may widen
-        if archive.signature.is_image and args.gpu is None:
+        if archive.signature is not None and archive.signature.is_image and args.gpu is None:
             from mxserve.common import images
 
             images.warm_up()  # CPU workers decode images (setting image_decode)
@@ -320,8 +326,11 @@ class Worker:
         started = time.monotonic()
         timing = BatchTiming()
         with self.lent_cores.lending(request.threads):
-            outcomes = run_batch(self.service, self.archive.signature, message.items,
-                                 deadlines, timing, self.image_limits)
+            if self.archive.signature is None:
+                outcomes = run_handler_batch(self.service, message.items, deadlines)
+            else:
+                outcomes = run_batch(self.service, self.archive.signature, message.items,
+                                     deadlines, timing, self.image_limits)
         inference_ms = (time.monotonic() - started) * 1000.0 - timing.decode_ms
         self._send(Message(Kind.REPLY, fields_of(Reply(
             batch_size=len(message.items), decode_ms=round(timing.decode_ms, 3),

@@ -11,7 +11,7 @@ from typing import Any
 
 from mxserve.common import metrics
 from mxserve.common.archive import load_archive
-from mxserve.common.config import Config, batching_for, parse_model_spec, service_for
+from mxserve.common.config import Config, batching_for, model_entries, service_for
 from mxserve.common.errors import InvalidInput, ModelNotFound, MXServeError, ProtocolError
 from mxserve.common.protocol import ERROR, RESULT, Manage, read_fields
 from mxserve.common.settings import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL
@@ -29,8 +29,7 @@ def load_configured(config: Config, extract_root: Path
     folder), and their folders. A model that cannot load is kept, failed, with its reason."""
     models: dict[str, ModelState] = {}
     folders = {}
-    for entry in config.models:
-        name, path = parse_model_spec(entry)
+    for name, path in model_entries(config):
         try:
             archive = load_archive(path, extract_root, name=name)
         except MXServeError as exc:
@@ -43,7 +42,7 @@ def load_configured(config: Config, extract_root: Path
         models[archive.name] = ModelState(archive=archive)
         folders[archive.name] = archive.root
     for name, model in models.items():
-        batching = batching_for(config, name)
+        batching = batching_for(config, name, bool(model.archive and model.archive.is_handler))
         model.max_batch_size = batching.max_batch_size
         model.max_batch_delay_s = batching.max_batch_delay_ms / 1000.0
     return models, folders
@@ -127,7 +126,7 @@ class ModelRegistry:
         specs = self._plan(name, _worker_count(command.workers
                                                or self.config.workers_per_model))
         archive = load_archive(Path(command.folder), name=name)
-        batching = batching_for(self.config, name)
+        batching = batching_for(self.config, name, archive.is_handler)
         delay_ms = (batching.max_batch_delay_ms if command.max_batch_delay_ms is None
                     else command.max_batch_delay_ms)
         model = ModelState(archive=archive,
@@ -240,7 +239,9 @@ class ModelRegistry:
         for name, model in self.models.items():
             archive = model.archive
             models[name] = {
-                "signature": archive.signature.to_dict() if archive else None,
+                "signature": archive.signature.to_dict() if archive and archive.signature
+                else None,
+                "handler": archive.mar.handler if archive and archive.mar else None,
                 "ready": len(model.workers),
                 "workers": self.pool.total(name) if archive else 0,
                 "restarts": self.pool.restarts.get(name, 0),

@@ -1,7 +1,9 @@
-"""Lets a custom service written for MMS 0.4 import what it imported there, unchanged.
+"""Lets a custom service written for MMS 0.4 or 1.x import what it imported there, unchanged.
 
-`from mms.model_service.mxnet_vision_service import MXNetVisionService` and
-`from mms.utils.mxnet import image, ndarray` resolve to mxserve's equivalents. Installed
+`from mms.model_service.mxnet_vision_service import MXNetVisionService`,
+`from mms.utils.mxnet import image, ndarray` and (MMS 1.x handlers) `from mms.context
+import Context` or `from mms.service import PredictionException` resolve to mxserve's
+equivalents. Installed
 only when no real `mms` package is importable, and only in worker processes.
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ _ALIASES = {
     "mms.model_service.mxnet_vision_service": "mxserve.worker.services.vision",
     "mms.utils.mxnet.image": "mxserve.worker.services.utils.image",
     "mms.utils.mxnet.ndarray": "mxserve.worker.services.utils.ndarray",
+    "mms.context": "mxserve.worker.services.handler_context",
+    "mms.service": "mxserve.worker.services.handler_context",
 }
 
 

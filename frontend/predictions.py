@@ -1,0 +1,60 @@
+"""POST /predictions/<model>: MMS 1.x's (and TorchServe's) inference route, a direct route
+of the request path, for every model on the server.
+
+An MMS 1.x model (a `.mar` handler) gets the request as MMS 1.x handed it over: a form's
+fields by their names, any other body whole as "body" with its media type, the query
+parameters, and the request's headers; its answer goes back with the media type and status
+it set. An MMS 0.4 model gets a form as /<model>/predict does, or a raw body as its one
+input (a JPEG or PNG for an image model, JSON for a tensor model), and answers as there.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from mxserve.common.config import Config
+from mxserve.common.errors import InvalidInput, UnsupportedMediaType
+from mxserve.frontend.catalog import Catalog
+from mxserve.frontend.decode import Field
+from mxserve.frontend.exchange import Exchange
+from mxserve.frontend.form import FORM_TYPES, FormLimits, media_type, read_body, read_parts
+from mxserve.frontend.handler_request import HandlerPredictor
+from mxserve.frontend.predict import TensorPredictor
+from mxserve.frontend.request_path import DirectRoute, Headers
+
+
+def predictions_route(config: Config, catalog: Catalog, tensors: TensorPredictor,
+                      handlers: HandlerPredictor) -> DirectRoute:
+    form_limits = FormLimits(config.max_body_bytes, config.max_form_parts)
+
+    def predictions(environ: dict[str, Any], exchange: Exchange, headers: Headers,
+                    model: str) -> bytes:
+        snapshot = catalog.snapshot_for(model)
+        if model in snapshot.handlers:
+            exchange.model = model
+            return handlers(environ, exchange, headers, model, read_parts(environ, form_limits))
+        signature = snapshot.signatures.get(model)
+        if signature is None:
+            raise catalog.not_loaded(model)
+        exchange.model = model
+        mimetype, _ = media_type(environ)
+        if mimetype in FORM_TYPES:
+            return tensors(environ, exchange, headers, model, signature, None)
+        if len(signature.inputs) != 1:
+            raise UnsupportedMediaType(
+                f"model {model!r} takes {len(signature.inputs)} inputs: send them as a "
+                f"multipart/form-data form with fields {[s.name for s in signature.inputs]}")
+        body = read_body(environ, config.max_body_bytes)
+        name = signature.inputs[0].name
+        if signature.is_image:
+            field = Field(name, body, True)
+        else:
+            try:
+                field = Field(name, body.decode("utf-8"), False)
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"the body of a request to {model!r} must be JSON (UTF-8) "
+                                   "or a form") from exc
+        return tensors(environ, exchange, headers, model, signature, [field])
+
+    return DirectRoute("predictions", "/predictions/<model>", ("POST",), predictions,
+                       protocol="predictions")
+

@@ -1,0 +1,175 @@
+"""MMS 1.x users move over unchanged: `.mar` archives made by the real `model-archiver`,
+`handle(data, context)` services, and `POST /predictions/<model>`, on the same server as
+MMS 0.4 archives and /<model>/predict."""
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+
+import pytest
+import requests
+
+from tests.conftest import MAR_SERVICES, build_mar
+from tests.server_harness import Server
+
+IMAGES = ("digit_0.jpg", "china.jpg", "flower.jpg")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, sample_models):
+    folder = tmp_path_factory.mktemp("model-store")
+    vision = MAR_SERVICES / "vision_service.py"
+    build_mar(sample_models["digits"], vision, "vision_service:handle", "digits", folder)
+    build_mar(sample_models["resnet18"], vision, "vision_service:handle", "resnet18", folder)
+    build_mar(None, MAR_SERVICES / "checked_context.py", "checked_context", "checked", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mms1(store, sample_models):
+    # The .mar archives are named by file in the model store, as MMS 1.x's --models did;
+    # `checked` is served under another name than its manifest's.
+    with Server([f"digits={sample_models['digits']}", f"resnet18={sample_models['resnet18']}",
+                 "digits-mar=digits.mar", "resnet18-mar=resnet18.mar", "ctx=checked.mar"],
+                "--model-store", str(store)) as server:
+        yield server
+
+
+def image(sample_models, name: str) -> bytes:
+    return (sample_models["digits"].parent / "examples" / name).read_bytes()
+
+
+def same_answer(answer: list, expected: list) -> bool:
+    """The same classes in the same order, probabilities equal to 5e-3: this service decodes
+    with MXNet's OpenCV-based image utils as MMS 1.x's did, and the built-in 0.4 service
+    with Pillow (and folds BatchNorms), which moves probabilities by up to ~1e-3."""
+    return ([a["class"] for a in answer] == [e["class"] for e in expected]
+            and all(abs(a["probability"] - e["probability"]) < 5e-3
+                    for a, e in zip(answer, expected)))
+
+
+def predict(server, model: str, data: bytes) -> list:
+    r = requests.post(f"{server.url}/{model}/predict", files={"data": ("x.jpg", data)},
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["prediction"]
+
+
+@pytest.mark.parametrize("model", ["digits", "resnet18"])
+@pytest.mark.parametrize("picture", IMAGES)
+def test_a_mar_service_answers_as_the_0_4_archive_of_the_same_model(mms1, sample_models,
+                                                                     model, picture):
+    data = image(sample_models, picture)
+    expected = predict(mms1, model, data)[0]  # the 0.4 answer: one list per output
+    raw = requests.post(f"{mms1.url}/predictions/{model}-mar", data=data,
+                        headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert raw.status_code == 200, raw.text
+    assert raw.headers["Content-Type"] == "application/json"
+    assert same_answer(raw.json(), expected)
+    form = requests.post(f"{mms1.url}/predictions/{model}-mar",
+                         files={"data": ("x.jpg", data, "image/jpeg")}, timeout=60)
+    assert form.status_code == 200, form.text
+    assert form.json() == raw.json()
+    # and its /<model>/predict route hands the form over the same way
+    assert requests.post(f"{mms1.url}/{model}-mar/predict", files={"data": ("x.jpg", data)},
+                         timeout=60).json() == raw.json()
+
+
+@pytest.mark.parametrize("picture", IMAGES)
+def test_predictions_serves_a_0_4_archive_raw_or_as_a_form(mms1, sample_models, picture):
+    data = image(sample_models, picture)
+    expected = {"prediction": predict(mms1, "resnet18", data)}
+    raw = requests.post(f"{mms1.url}/predictions/resnet18", data=data,
+                        headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert raw.status_code == 200, raw.text
+    assert raw.json() == expected
+    form = requests.post(f"{mms1.url}/predictions/resnet18", files={"data": ("x.jpg", data)},
+                         timeout=60)
+    assert form.json() == expected
+
+
+def test_the_handler_sees_its_context_and_the_request_as_mms_1_gave_it(mms1, sample_models):
+    data = image(sample_models, "digit_0.jpg")
+    r = requests.post(f"{mms1.url}/predictions/ctx", params={"kind": "x"},
+                      files={"data": ("d.jpg", data, "image/jpeg"), "note": (None, "hi")},
+                      headers={"X-Trace": "abc", "X-Request-Id": "trace-1",
+                               "Authorization": "Bearer not-for-the-model"}, timeout=30)
+    assert r.status_code == 200, r.text
+    seen = r.json()
+    assert seen["model_name"] == seen["loaded_as"] == "ctx"  # the served name
+    assert seen["manifest_name"] == "checked"  # its own, for its file names
+    assert seen["batch_size"] == 1  # MMS 1.x's default: one request per handle()
+    assert seen["header"] == "abc"
+    assert seen["authorization"] is None  # credentials stay in the frontend
+    assert seen["seen"] == {"data": ["bytes", len(data)], "note": ["bytes", 2],
+                            "kind": ["bytes", 1]}
+    raw = requests.post(f"{mms1.url}/predictions/ctx", data=b'{"a": [1, 2]}',
+                        headers={"Content-Type": "application/json"}, timeout=30)
+    assert raw.json()["seen"] == {"body": ["dict", {"a": [1, 2]}]}  # JSON parsed, as MMS 1.x
+    text = requests.post(f"{mms1.url}/predictions/ctx", data="h\u00e9".encode(),
+                         headers={"Content-Type": "text/plain; charset=utf-8"}, timeout=30)
+    assert text.json()["seen"] == {"body": ["str", 2]}
+
+
+def test_the_handler_sets_status_and_media_type(mms1):
+    r = requests.post(f"{mms1.url}/predictions/ctx", params={"status": "201",
+                                                             "type": "text/x-seen"}, timeout=30)
+    assert r.status_code == 201
+    assert r.headers["Content-Type"] == "text/x-seen"
+    assert json.loads(r.content)["model_name"] == "ctx"
+
+
+def test_a_handler_that_raises_is_that_requests_json_error(mms1):
+    raised = requests.post(f"{mms1.url}/predictions/ctx", params={"action": "raise"},
+                           timeout=30)
+    assert raised.status_code == 500
+    assert raised.json()["type"] == "ModelError"
+    assert "asked to raise" in raised.json()["message"]
+    assert "Traceback" not in raised.text
+    refused = requests.post(f"{mms1.url}/predictions/ctx", params={"action": "refuse"},
+                            timeout=30)
+    assert refused.status_code == 422
+    assert refused.json() == {"code": 422, "type": "InvalidInput", "message": "asked to refuse"}
+    assert requests.post(f"{mms1.url}/predictions/ctx", timeout=30).status_code == 200
+
+
+def test_predictions_refuses_what_it_cannot_serve(mms1, sample_models):
+    missing = requests.post(f"{mms1.url}/predictions/nope", data=b"x", timeout=30)
+    assert missing.status_code == 404 and missing.json()["type"] == "ModelNotFound"
+    connection = http.client.HTTPConnection("127.0.0.1", mms1.port, timeout=30)
+    connection.putrequest("POST", "/predictions/ctx")
+    connection.putheader("Content-Length", str(1024**3))  # refused before a byte is read
+    connection.endheaders()
+    big = connection.getresponse()
+    assert big.status == 413 and json.loads(big.read())["type"] == "PayloadTooLarge"
+    connection.close()
+    not_json = requests.post(f"{mms1.url}/predictions/ctx", data=b"{nope",
+                             headers={"Content-Type": "application/json"}, timeout=30)
+    assert not_json.status_code == 400 and "application/json" in not_json.json()["message"]
+    not_an_image = requests.post(f"{mms1.url}/predictions/resnet18", data=b"not a jpeg",
+                                 headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert not_an_image.status_code in (400, 415)
+    assert requests.get(f"{mms1.url}/predictions/ctx", timeout=30).status_code == 405
+
+
+def test_concurrent_requests_on_every_route_each_get_their_own_answer(mms1, sample_models):
+    pictures = {name: image(sample_models, name) for name in IMAGES}
+    expected = {name: predict(mms1, "digits", data)[0] for name, data in pictures.items()}
+
+    def one(i: int) -> bool:
+        name = IMAGES[i % len(IMAGES)]
+        data = pictures[name]
+        route = i % 3
+        if route == 0:
+            answer = predict(mms1, "digits", data)[0]
+        elif route == 1:
+            answer = requests.post(f"{mms1.url}/predictions/digits-mar", data=data,
+                                   timeout=60).json()
+        else:
+            answer = requests.post(f"{mms1.url}/predictions/digits", data=data,
+                                   timeout=60).json()["prediction"][0]
+        return same_answer(answer, expected[name])
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        assert all(pool.map(one, range(96)))
