@@ -73,8 +73,8 @@ class Stack:
             request = urllib.request.Request(f"{self.management_url}/models/{name}", headers={
                 "Authorization": f"Bearer {self.token}"})
             with urllib.request.urlopen(request, timeout=5) as r:
-                model = json.loads(r.read())
-            if model["ready"] == model["workers"]:
+                [model] = json.loads(r.read())
+            if model["ready"] == model["minWorkers"]:
                 time.sleep(1.0)  # let start-up settle before idle memory is read
                 return
             time.sleep(0.2)

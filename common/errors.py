@@ -60,6 +60,12 @@ class ModelNotFound(MXServeError):
     type = "ModelNotFound"
 
 
+class Conflict(MXServeError):
+    """The name is taken: registering a model under the name of one already served."""
+
+    type = "Conflict"
+
+
 class RequestTimeout(MXServeError):
     """The client did not send its whole request in time."""
 
@@ -148,6 +154,7 @@ HTTP_STATUS: dict[str, int] = {
     NotFound.type: 404,
     ModelNotFound.type: 404,
     MethodNotAllowed.type: 405,
+    Conflict.type: 409,
     RequestTimeout.type: 408,
     PayloadTooLarge.type: 413,
     UnsupportedMediaType.type: 415,
@@ -165,7 +172,7 @@ HTTP_STATUS: dict[str, int] = {
 _BY_TYPE: dict[str, type[MXServeError]] = {
     cls.type: cls
     for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, ModelNotFound, MethodNotAllowed,
-                RequestTimeout,
+                Conflict, RequestTimeout,
                 PayloadTooLarge, UnsupportedMediaType, URITooLong, HeaderFieldsTooLarge,
                 NotImplementedByServer, ModelError, InternalServerError, ServiceUnavailable,
                 DeadlineExceeded, ArchiveError, ProtocolError)

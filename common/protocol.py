@@ -148,6 +148,7 @@ class Manage(NamedTuple):
     workers: Any = None  # these three are checked by the broker, with messages of their own
     max_batch_size: Any = None
     max_batch_delay_ms: Any = None
+    source: str = ""  # register: the path or URL it came from, as the management API lists it
 
 
 R = TypeVar("R", bound=tuple)

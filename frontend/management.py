@@ -5,14 +5,21 @@ listener (404 elsewhere), answers only loopback or configured Host names and sam
 requests (403), and needs the bearer token (401). Registering and removing models run an
 archive's code and are off unless the server was started with --enable-model-api (403).
 
-    GET    /models              every model: status, workers ready/total, devices, batch
-                                settings, queue depth, restarts
-    GET    /models/<name>
-    POST   /models              {"path" | "url", "name"?, "workers"?, "max_batch_size"?,
-                                "max_batch_delay_ms"?} -> 201; the model loads (status
-                                "loading", then "ready"); its /<name>/predict appears on
-                                every frontend process within the catalog's 2 s refresh
-    PUT    /models/<name>       {"workers"?, "max_batch_size"?, "max_batch_delay_ms"?}
+In MMS 1.x / TorchServe's shape (their query parameters, JSON and status codes); each
+write also takes mxserve's JSON body, as the same operation:
+
+    GET    /models?limit=&next_page_token=   {"models": [{"modelName", "modelUrl"}],
+                                              "nextPageToken"?}
+    GET    /models/<name>       [{"modelName", "modelVersion", "modelUrl", "minWorkers",
+                                "batchSize", "workers": [{"id", "startTime", "status",
+                                "memoryUsage", ...}], ...and mxserve's: status, ready,
+                                queue, restarts, error}]
+    POST   /models?url=&model_name=&initial_workers=&batch_size=&max_batch_delay=
+           &response_timeout=&synchronous=    or {"path" | "url", "name", "workers",
+                                "max_batch_size", "max_batch_delay_ms", "synchronous",
+                                "timeout_s"} -> 200 once its workers are ready
+                                (synchronous), else 202 at once; 409 for a taken name
+    PUT    /models/<name>?min_worker=&synchronous=&timeout=    or {"workers", ...} -> 200/202
     DELETE /models/<name>       new requests 404 at once, queued ones finish, then its
                                 workers stop -> 200 (202 if still draining after
                                 drain_timeout_s)
@@ -29,6 +36,7 @@ import json
 import os
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,7 +46,7 @@ from flask import Flask, Response, jsonify, request
 from mxserve.common import metrics
 from mxserve.common.archive import ExtractionLimits, load_archive
 from mxserve.common.config import Config
-from mxserve.common.errors import Forbidden, InvalidInput, ModelNotFound, NotFound
+from mxserve.common.errors import ArchiveError, Forbidden, InvalidInput, ModelNotFound, NotFound
 from mxserve.common.management_token import token_of
 from mxserve.common.settings import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL
 from mxserve.common.url_allowlist import parse_allowlist
@@ -50,7 +58,8 @@ from mxserve.frontend.request_context import listener
 
 MANAGE_TIMEOUT_S = 10.0
 MAX_BATCH_SIZE = 1024
-SUMMARY_KEYS = ("status", "ready", "workers", "devices", "threads_per_worker",
+# mxserve's own figures in a description ("workers" is the worker list: minWorkers counts them)
+SUMMARY_KEYS = ("status", "ready", "devices", "threads_per_worker",
                 "max_batch_size", "worker_max_batch_size", "max_batch_delay_ms", "queue",
                 "restarts", "batches", "mean_batch_size", "error")
 
@@ -81,11 +90,11 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     def models() -> dict[str, Any]:
         return catalog.fetch().raw["models"]
 
-    def one(name: str) -> dict[str, Any]:
+    def known(name: str) -> dict[str, Any]:
         model = models().get(name)
         if model is None:
             raise ModelNotFound(f"model {name!r} is not registered")
-        return summary(name, model)
+        return model
 
     @app.get("/metrics")
     @guarded
@@ -95,24 +104,41 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     @app.get("/models")
     @guarded
     def list_models() -> Any:
-        return jsonify(models={name: summary(name, m) for name, m in models().items()})
+        """MMS 1.x's listing: names and archive names, a page at a time."""
+        limit = _int_parameter("limit", 100, 1, MAX_PAGE)
+        start = _int_parameter("next_page_token", 0, 0, 1 << 31)
+        names = sorted(listed := models())
+        page = [{"modelName": n, "modelUrl": listed[n].get("source") or n}
+                for n in names[start:start + limit]]
+        listing: dict[str, Any] = {"models": page}
+        if start + limit < len(names):
+            listing["nextPageToken"] = str(start + limit)
+        return jsonify(listing)
 
     @app.get("/models/<name>")
     @guarded
-    def get_model(name: str) -> Any:
-        return jsonify(one(name))
+    def describe_model(name: str) -> Any:
+        return jsonify([description(name, known(name))])
 
     def register_model() -> Any:
-        body = _json_body(REGISTER)
-        name = body.get("name")
-        with _archive_source(body, config, allowlist) as source:
+        asked = _registration()
+        with _archive_source(asked, config, allowlist) as source:
             extract_root = Path(config.run_dir or tempfile.gettempdir()) / "models"
-            archive = load_archive(source, extract_root, name=name, limits=ExtractionLimits(
-                max_total_bytes=config.max_archive_bytes))
+            archive = load_archive(source, extract_root, name=asked.get("name"),
+                                   limits=ExtractionLimits(max_total_bytes=config.max_archive_bytes))
         client.manage("register", {"name": archive.name, "folder": str(archive.root),
-                                   **_settings(body)}, MANAGE_TIMEOUT_S)
+                                   "source": asked.get("path") or asked.get("url") or "",
+                                   **_settings(asked)}, MANAGE_TIMEOUT_S)
         catalog.fetch()  # this process routes the new model at once; others within 2 s
-        return jsonify(one(archive.name)), 201
+        if not asked.get("synchronous"):
+            return jsonify(status=f'Model "{archive.name}" registered; its workers are '
+                           "starting"), 202
+        model = settled(archive.name, asked.get("timeout_s"))
+        if model.get("status") == "failed":
+            client.manage("unregister", {"name": archive.name}, MANAGE_TIMEOUT_S)
+            raise ArchiveError(f"model {archive.name!r} failed to load: {model.get('error')}")
+        return jsonify(status=f'Model "{archive.name}" registered with {model["ready"]} '
+                       "workers")
 
     app.add_url_rule("/models", "register_model", guarded(register_model, True),
                      methods=["POST"])
@@ -120,11 +146,28 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     @app.put("/models/<name>")
     @guarded
     def scale_model(name: str) -> Any:
-        settings = _settings(_json_body(SCALE))
+        asked = _scaling()
+        settings = _settings(asked)
         if not settings:
-            raise InvalidInput("send workers, max_batch_size and/or max_batch_delay_ms")
+            raise InvalidInput("send min_worker (or workers), max_batch_size and/or "
+                               "max_batch_delay_ms")
         client.manage("scale", {"name": name, **settings}, MANAGE_TIMEOUT_S)
-        return jsonify(one(name))
+        if not asked.get("synchronous"):
+            return jsonify(status="Processing worker updates..."), 202
+        model = settled(name, asked.get("timeout_s"))
+        return jsonify(status=f'Workers scaled to {model["ready"]} for model "{name}"')
+
+    def settled(name: str, timeout_s: Any) -> dict[str, Any]:
+        """The model once every planned worker is ready or it failed (synchronous calls),
+        or as it is when the timeout runs out."""
+        deadline = time.monotonic() + (timeout_s or config.model_load_timeout_s)
+        while True:
+            model = known(name)
+            if model["status"] == "failed" or (model["ready"] >= model["workers"] > 0) \
+                    or time.monotonic() > deadline:
+                catalog.fetch()
+                return model
+            time.sleep(0.1)
 
     def delete_model(name: str) -> Any:
         client.manage("unregister", {"name": name}, MANAGE_TIMEOUT_S)
@@ -132,16 +175,46 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         while time.monotonic() < deadline:
             if name not in models():
                 catalog.fetch()
-                return jsonify(name=name, status="removed")
+                return jsonify(status=f'Model "{name}" unregistered')
             time.sleep(0.1)
-        return jsonify(name=name, status="removing"), 202
+        return jsonify(status=f'Model "{name}" is unregistering: its queued requests are '
+                       "finishing"), 202
 
     app.add_url_rule("/models/<name>", "delete_model", guarded(delete_model, True),
                      methods=["DELETE"])
 
 
-def summary(name: str, model: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, **{key: model.get(key) for key in SUMMARY_KEYS}}
+def description(name: str, model: dict[str, Any]) -> dict[str, Any]:
+    """One model as MMS 1.x / TorchServe describe it, with mxserve's own figures after."""
+    return {
+        "modelName": name,
+        "modelVersion": "1.0",
+        "modelUrl": model.get("source") or name,
+        "runtime": "python",
+        "minWorkers": model.get("workers"),
+        "maxWorkers": model.get("workers"),
+        "batchSize": model.get("max_batch_size"),
+        "maxBatchDelay": model.get("max_batch_delay_ms"),
+        "loadedAtStartup": model.get("loaded_at_startup", False),
+        "workers": [{"id": w["id"], "pid": w["pid"],
+                     "startTime": datetime.fromtimestamp(w["started"], UTC)
+                     .isoformat(timespec="seconds"),
+                     "status": "BUSY" if w["busy"] else "READY",
+                     "gpu": w["device"].startswith("gpu"),
+                     "memoryUsage": resident_bytes(w["pid"])}
+                    for w in model.get("worker_list", [])],
+        "name": name,
+        **{key: model.get(key) for key in SUMMARY_KEYS},
+    }
+
+
+def resident_bytes(pid: int) -> int:
+    """A worker's resident memory (it runs on this host); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 SETTINGS_PROPERTIES: dict[str, Any] = {
@@ -149,15 +222,89 @@ SETTINGS_PROPERTIES: dict[str, Any] = {
     "max_batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE},
     "max_batch_delay_ms": {"type": "number", "minimum": 0, "maximum": MAX_BATCH_DELAY_MS},
 }
+CALL_PROPERTIES: dict[str, Any] = {
+    "synchronous": {"type": "boolean"},
+    "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+}
 REGISTER = jsonschema.Draft7Validator({
     "type": "object", "additionalProperties": False,
     "properties": {"path": {"type": "string", "minLength": 1, "maxLength": 4096},
                    "url": {"type": "string", "minLength": 1, "maxLength": 4096},
                    "name": {"type": "string", "minLength": 1, "maxLength": 128},
-                   **SETTINGS_PROPERTIES},
+                   **SETTINGS_PROPERTIES, **CALL_PROPERTIES},
 })
 SCALE = jsonschema.Draft7Validator({"type": "object", "additionalProperties": False,
-                                    "properties": SETTINGS_PROPERTIES})
+                                    "properties": {**SETTINGS_PROPERTIES,
+                                                   **CALL_PROPERTIES}})
+
+# MMS 1.x's query parameters -> the same operation's JSON keys (and how to read them).
+REGISTER_PARAMETERS = {"url": ("url", str), "model_name": ("name", str),
+                       "initial_workers": ("workers", int), "batch_size": ("max_batch_size", int),
+                       "max_batch_delay": ("max_batch_delay_ms", float),
+                       "response_timeout": ("timeout_s", float),
+                       "synchronous": ("synchronous", bool)}
+SCALE_PARAMETERS = {"min_worker": ("workers", int), "max_worker": (None, int),
+                    "number_gpu": (None, int), "synchronous": ("synchronous", bool),
+                    "timeout": ("timeout_s", float)}
+MAX_PAGE = 1000
+
+
+def _registration() -> dict[str, Any]:
+    """POST /models: MMS 1.x's query parameters or mxserve's JSON body, one operation. An
+    MMS 1.x `url` without a scheme is a file in the model store."""
+    if not request.args:
+        return _json_body(REGISTER)
+    asked = _query(REGISTER_PARAMETERS, REGISTER)
+    url = asked.pop("url", None)
+    if url is None:
+        raise InvalidInput("url: the archive's file name in the model store, or a URL")
+    asked["url" if "://" in url else "path"] = url
+    return asked
+
+
+def _scaling() -> dict[str, Any]:
+    return _query(SCALE_PARAMETERS, SCALE) if request.args else _json_body(SCALE)
+
+
+def _query(parameters: dict[str, tuple[str | None, type]],
+           schema: jsonschema.Draft7Validator) -> dict[str, Any]:
+    unknown = sorted(set(request.args) - set(parameters))
+    if unknown:
+        raise InvalidInput(f"unknown query parameter(s) {unknown}; known: {sorted(parameters)}")
+    asked: dict[str, Any] = {}
+    for name, value in request.args.items():
+        key, kind = parameters[name]
+        if key is None:
+            continue  # accepted as MMS 1.x did, with nothing to do here
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                asked[key] = value.lower() == "true"
+            else:
+                asked[key] = kind(value)
+        except ValueError as exc:
+            raise InvalidInput(f"{name}: {value[:40]!r} is not a valid "
+                               f"{'true/false' if kind is bool else kind.__name__}") from exc
+    error = jsonschema.exceptions.best_match(schema.iter_errors(asked))
+    if error is not None:
+        reverse = {key: name for name, (key, _) in parameters.items() if key}
+        where = "/".join(reverse.get(str(p), str(p)) for p in error.absolute_path)
+        raise InvalidInput(f"{where + ': ' if where else ''}{error.message}")
+    return asked
+
+
+def _int_parameter(name: str, default: int, low: int, high: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} must be an integer") from exc
+    if not low <= number <= high:
+        raise InvalidInput(f"{name} must be between {low} and {high}")
+    return number
 
 
 def _json_body(schema: jsonschema.Draft7Validator) -> dict[str, Any]:

@@ -41,6 +41,7 @@ def managed(sample_models, tmp_path_factory):
                     "--model-store", str(store),
                     "--services", f"slow={DATA / 'services' / 'faulty.py'}") as server:
             server.files_url = files_url
+            server.digits_archive = sample_models["digits"]
             server.store = store
             server.api = requests.Session()
             server.api.headers.update(server.admin_headers)
@@ -55,7 +56,7 @@ def wait_for(check, timeout_s=60.0, what="condition"):
 
 def model(managed, name):
     response = managed.api.get(f"{managed.admin}/models/{name}", timeout=10)
-    return response.json() if response.status_code == 200 else None
+    return response.json()[0] if response.status_code == 200 else None
 
 
 def workers_of(managed, name):
@@ -73,17 +74,22 @@ def test_management_routes_exist_only_on_the_management_listener(managed):
     for path in ("/models", "/models/digits", "/metrics"):
         assert_error(requests.get(managed.url + path, timeout=10), 404, "NotFound")
     listing = managed.api.get(f"{managed.admin}/models", timeout=10).json()["models"]
-    assert listing["digits"]["status"] == "ready" and listing["digits"]["ready"] == 1
-    assert listing["digits"]["workers"] == 1 and listing["digits"]["devices"] == ["cpu"]
-    assert {"max_batch_size", "max_batch_delay_ms", "queue"} <= set(listing["digits"])
+    assert {"modelName": "digits", "modelUrl": str(managed.digits_archive)} in listing
+    digits = model(managed, "digits")
+    assert digits["status"] == "ready" and digits["ready"] == 1 and digits["minWorkers"] == 1
+    assert digits["devices"] == ["cpu"] and digits["loadedAtStartup"] is True
+    [worker] = digits["workers"]
+    assert worker["status"] in ("READY", "BUSY") and worker["memoryUsage"] > 0
+    assert {"max_batch_size", "max_batch_delay_ms", "queue"} <= set(digits)
 
 
 def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_models):
     created = managed.api.post(f"{managed.admin}/models", json={
         "path": str(managed.store / "noop.model"), "name": "noop2", "workers": 1,
         "max_batch_size": 4}, timeout=60)
-    assert created.status_code == 201, created.text
-    assert created.json()["name"] == "noop2" and created.json()["max_batch_size"] == 4
+    assert created.status_code == 202, created.text
+    assert created.json()["status"].startswith('Model "noop2" registered')
+    assert model(managed, "noop2")["batchSize"] == 4
     wait_for(lambda: (model(managed, "noop2") or {}).get("status") == "ready", what="ready")
     assert noop(managed, "noop2").json()["prediction"] == [[[1.0, 2.0, 3.0, 4.0]]]
 
@@ -95,20 +101,23 @@ def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_mod
     wait_for(described_by_every_frontend, 10, "description of noop2 from both frontends")
 
     scaled = managed.api.put(f"{managed.admin}/models/noop2", json={"workers": 2}, timeout=30)
-    assert scaled.status_code == 200 and scaled.json()["workers"] == 2
+    assert scaled.status_code == 202 and model(managed, "noop2")["minWorkers"] == 2
     wait_for(lambda: model(managed, "noop2")["ready"] == 2, what="second worker")
     assert len(workers_of(managed, "noop2")) == 2
     down = managed.api.put(f"{managed.admin}/models/noop2", json={"workers": 1,
                                                                  "max_batch_delay_ms": 2},
                         timeout=30)
-    assert down.json()["workers"] == 1 and down.json()["max_batch_delay_ms"] == 2
+    assert down.status_code == 202
+    assert model(managed, "noop2")["minWorkers"] == 1
+    assert model(managed, "noop2")["maxBatchDelay"] == 2
     wait_for(lambda: len(workers_of(managed, "noop2")) == 1, what="scale-down")
     assert all(noop(managed, "noop2").status_code == 200 for _ in range(5))
 
     extracted = list((managed.run_dir() / "models").glob("noop-*"))
     assert extracted
     removed = managed.api.delete(f"{managed.admin}/models/noop2", timeout=60)
-    assert removed.status_code == 200 and removed.json()["status"] == "removed"
+    assert removed.status_code == 200
+    assert removed.json() == {"status": 'Model "noop2" unregistered'}
     wait_for(lambda: not any(p.exists() for p in extracted), what="extraction removed")
     assert_error(noop(managed, "noop2"), 404, "ModelNotFound")
     wait_for(lambda: not workers_of(managed, "noop2"), what="workers stopped")
@@ -119,7 +128,7 @@ def test_register_scale_and_remove_a_model_without_a_restart(managed, sample_mod
 def test_delete_lets_queued_requests_finish(managed, sample_models):
     created = managed.api.post(f"{managed.admin}/models", json={
         "path": "noop.model", "name": "slow", "max_batch_size": 1}, timeout=60)
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     wait_for(lambda: (model(managed, "slow") or {}).get("status") == "ready", what="ready")
     with ThreadPoolExecutor(4) as pool:
         queued = [pool.submit(noop, managed, "slow", (0.7, i, 0, 0)) for i in range(3)]
@@ -138,7 +147,7 @@ def test_register_from_an_allow_listed_url_only(managed):
     assert_error(refused, 400, "InvalidInput", "model_url_allowlist")
     created = managed.api.post(f"{managed.admin}/models", json={
         "url": f"{managed.files_url}/allowed/noop.model", "name": "fromurl"}, timeout=60)
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     wait_for(lambda: (model(managed, "fromurl") or {}).get("status") == "ready", what="ready")
     assert noop(managed, "fromurl").status_code == 200
     assert managed.api.delete(f"{managed.admin}/models/fromurl", timeout=60).status_code == 200
@@ -204,14 +213,14 @@ def test_a_rejected_archive_leaves_no_extraction(managed):
     assert refused.status_code == 400
     duplicate = managed.api.post(f"{managed.admin}/models", json={
         "path": "noop.model", "name": "digits"}, timeout=30)
-    assert_error(duplicate, 400, "InvalidInput", "already registered")
+    assert_error(duplicate, 409, "Conflict", "already registered")
     assert set((managed.run_dir() / "models").iterdir()) == before
 
 
 def test_a_registered_model_survives_a_broker_restart(managed):
     created = managed.api.post(f"{managed.admin}/models", json={
         "path": "noop.model", "name": "survivor", "max_batch_size": 2}, timeout=60)
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     wait_for(lambda: (model(managed, "survivor") or {}).get("status") == "ready", what="ready")
     [broker] = managed.processes("worker.broker")
     os.kill(broker, signal.SIGKILL)

@@ -6,11 +6,15 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import MAR_SERVICES, build_mar
+from tests.conftest import MAR_SERVICES, ROOT, build_mar
 from tests.server_harness import Server
 
 IMAGES = ("digit_0.jpg", "china.jpg", "flower.jpg")
@@ -32,7 +36,9 @@ def mms1(store, sample_models):
     # `checked` is served under another name than its manifest's.
     with Server([f"digits={sample_models['digits']}", f"resnet18={sample_models['resnet18']}",
                  "digits-mar=digits.mar", "resnet18-mar=resnet18.mar", "ctx=checked.mar"],
-                "--model-store", str(store)) as server:
+                "--model-store", str(store), "--enable-model-api") as server:
+        server.api = requests.Session()
+        server.api.headers.update(server.admin_headers)
         yield server
 
 
@@ -173,3 +179,95 @@ def test_concurrent_requests_on_every_route_each_get_their_own_answer(mms1, samp
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         assert all(pool.map(one, range(96)))
+
+
+def test_the_management_api_works_as_mms_1_documented_it(mms1):
+    models = f"{mms1.admin}/models"
+    registered = mms1.api.post(models, params={
+        "url": "checked.mar", "model_name": "ctx2", "initial_workers": "1", "batch_size": "2",
+        "max_batch_delay": "5", "synchronous": "true"}, timeout=120)
+    assert registered.status_code == 200, registered.text
+    assert registered.json() == {"status": 'Model "ctx2" registered with 1 workers'}
+    assert requests.post(f"{mms1.url}/predictions/ctx2", timeout=30).json()["batch_size"] == 2
+    taken = mms1.api.post(models, params={"url": "checked.mar", "model_name": "ctx2"},
+                          timeout=30)
+    assert taken.status_code == 409 and taken.json()["type"] == "Conflict"
+
+    scaled = mms1.api.put(f"{models}/ctx2", params={"min_worker": "2", "max_worker": "2",
+                                                    "synchronous": "true"}, timeout=120)
+    assert scaled.status_code == 200, scaled.text
+    [described] = mms1.api.get(f"{models}/ctx2", timeout=10).json()
+    assert described["modelName"] == "ctx2" and described["modelUrl"] == "checked.mar"
+    assert described["minWorkers"] == 2 and described["batchSize"] == 2
+    assert described["maxBatchDelay"] == 5 and described["loadedAtStartup"] is False
+    assert [w["status"] for w in described["workers"]] == ["READY", "READY"]
+    assert len({w["pid"] for w in described["workers"]}) == 2
+
+    names, token = [], None
+    while True:
+        page = mms1.api.get(models, params={"limit": 2, **({"next_page_token": token}
+                                                           if token else {})}, timeout=10).json()
+        assert len(page["models"]) <= 2
+        names += [m["modelName"] for m in page["models"]]
+        token = page.get("nextPageToken")
+        if token is None:
+            break
+    assert names == sorted(["digits", "resnet18", "digits-mar", "resnet18-mar", "ctx", "ctx2"])
+
+    removed = mms1.api.delete(f"{models}/ctx2", timeout=60)
+    assert removed.status_code == 200 and removed.json() == {
+        "status": 'Model "ctx2" unregistered'}
+    assert requests.post(f"{mms1.url}/predictions/ctx2", timeout=30).status_code == 404
+    assert mms1.api.get(f"{models}/ctx2", timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"url": "../../etc/passwd"}, "inside the model store"),
+    ({"url": "/etc/passwd"}, "inside the model store"),
+    ({"url": "http://127.0.0.1:1/x.mar"}, "model_url_allowlist"),
+    ({"url": "checked.mar", "initial_workers": "lots"}, "initial_workers"),
+    ({"url": "checked.mar", "initial_workers": "0"}, "initial_workers"),
+    ({"url": "checked.mar", "synchronous": "maybe"}, "synchronous"),
+    ({"url": "checked.mar", "handler": "x:y"}, "unknown query parameter"),
+    ({"model_name": "x"}, "url"),
+])
+def test_bad_management_calls_are_clear_errors(mms1, params, words):
+    refused = mms1.api.post(f"{mms1.admin}/models", params=params, timeout=30)
+    assert refused.status_code == 400, refused.text
+    assert words in refused.json()["message"]
+    assert mms1.api.get(f"{mms1.admin}/models", params={"limit": "0"},
+                        timeout=10).status_code == 400
+    assert requests.post(f"{mms1.admin}/models", params={"url": "checked.mar"},
+                         timeout=10).status_code == 401  # the token still guards it
+
+
+def migrating_blocks(after: str) -> str:
+    text = (ROOT / "docs" / "migrating.md").read_text()
+    return re.search(r"```sh\n(.*?)```", text[text.index(after):], re.S).group(1)
+
+
+def run_shell(command: str) -> list[str]:
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_the_migration_guides_client_examples_run(mms1, sample_models):
+    command = migrating_blocks("### Clients").replace("127.0.0.1:8080",
+                                                      f"127.0.0.1:{mms1.port}")
+    raw, form = (json.loads(line) for line in run_shell(command.replace(
+        "curl -s", "curl -s -w '\\n'")))
+    expected = predict(mms1, "resnet18", image(sample_models, "china.jpg"))
+    assert raw == form == {"prediction": expected}
+
+
+def test_the_migration_guides_management_examples_run(mms1):
+    token_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"mxserve-test-{mms1.port}.token"
+    command = migrating_blocks("### Management calls").replace(
+        "127.0.0.1:8081", f"127.0.0.1:{mms1.management_port}").replace(
+        "/path/to/run-dir/management.token", str(token_file)).replace("curl -s", "curl -s -w '\\n'")
+    registered, scaled, listing, removed = (json.loads(line) for line in run_shell(command))
+    assert registered == {"status": 'Model "classifier" registered with 1 workers'}
+    assert scaled == {"status": 'Workers scaled to 2 for model "classifier"'}
+    assert {"modelName": "classifier", "modelUrl": "resnet18.mar"} in listing["models"]
+    assert removed == {"status": 'Model "classifier" unregistered'}

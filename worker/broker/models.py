@@ -12,7 +12,13 @@ from typing import Any
 from mxserve.common import metrics
 from mxserve.common.archive import load_archive
 from mxserve.common.config import Config, batching_for, model_entries, service_for
-from mxserve.common.errors import InvalidInput, ModelNotFound, MXServeError, ProtocolError
+from mxserve.common.errors import (
+    Conflict,
+    InvalidInput,
+    ModelNotFound,
+    MXServeError,
+    ProtocolError,
+)
 from mxserve.common.protocol import ERROR, RESULT, Manage, read_fields
 from mxserve.common.settings import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL
 from mxserve.worker.broker.pool import WorkerPool, WorkerSpec, plan_workers
@@ -39,7 +45,7 @@ def load_configured(config: Config, extract_root: Path
             continue
         if archive.name in models:
             raise InvalidInput(f"two models are named {archive.name!r}")
-        models[archive.name] = ModelState(archive=archive)
+        models[archive.name] = ModelState(archive=archive, source=path)
         folders[archive.name] = archive.root
     for name, model in models.items():
         batching = batching_for(config, name, bool(model.archive and model.archive.is_handler))
@@ -57,6 +63,7 @@ class ModelRegistry:
         self.pool = pool
         self.extract_root = extract_root
         self.saved = SavedModels(run_dir)
+        self.configured = frozenset(self.models)  # loaded from `models` at start
 
     def restore_saved(self) -> None:
         """Models a previous broker had registered at run time are registered again."""
@@ -120,7 +127,7 @@ class ModelRegistry:
     def _add_model(self, command: Manage) -> dict[str, Any]:
         name = command.name
         if name in self.models:
-            raise InvalidInput(f"a model named {name!r} is already registered"
+            raise Conflict(f"a model named {name!r} is already registered"
                                + (" (still being removed)" if self.models[name].removing
                                   else ""))
         specs = self._plan(name, _worker_count(command.workers
@@ -132,7 +139,8 @@ class ModelRegistry:
         model = ModelState(archive=archive,
                            max_batch_size=_batch_size(command.max_batch_size
                                                       or batching.max_batch_size),
-                           max_batch_delay_s=_batch_delay_ms(delay_ms) / 1000.0)
+                           max_batch_delay_s=_batch_delay_ms(delay_ms) / 1000.0,
+                           source=command.source or command.folder)
         self.models[name] = model
         self.pool.add(name, specs, archive.root, model.max_batch_size,
                       service_for(self.config, name))
@@ -192,7 +200,8 @@ class ModelRegistry:
             self.saved.put(name, {
                 "folder": str(model.archive.root), "workers": self.pool.total(name),
                 "max_batch_size": model.max_batch_size,
-                "max_batch_delay_ms": model.max_batch_delay_s * 1000.0})
+                "max_batch_delay_ms": model.max_batch_delay_s * 1000.0,
+                "source": model.source})
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -246,6 +255,12 @@ class ModelRegistry:
                 "workers": self.pool.total(name) if archive else 0,
                 "restarts": self.pool.restarts.get(name, 0),
                 "devices": sorted({workers[w].device for w in model.workers}),
+                "worker_list": [{"id": workers[w].name, "pid": workers[w].pid,
+                                 "device": workers[w].device, "started": workers[w].started,
+                                 "busy": bool(workers[w].batch)}
+                                for w in sorted(model.workers)],
+                "loaded_at_startup": name in self.configured,
+                "source": model.source,
                 "threads_per_worker": next((s.threads for s in self.pool.specs
                                             if s.model == name), 0),
                 "max_batch_size": model.max_batch_size,

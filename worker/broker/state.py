@@ -1,6 +1,7 @@
 """What the broker knows of each request, worker and model, and the core-lending rule."""
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -40,6 +41,7 @@ class WorkerState:
     retiring: bool = False  # scaled down: finishes its batch, gets no other
     threads: int = 0  # its share of the cores (OpenMP threads); 0 on a GPU
     threads_in_use: int = 0  # for the batch it runs: its share, or more when cores are lent
+    started: float = field(default_factory=time.time)  # wall clock, for the management API
 
     @property
     def name(self) -> str:
@@ -58,6 +60,7 @@ class ModelState:
     workers: set[bytes] = field(default_factory=set)
     error: str = ""
     removing: bool = False  # unregistered: draining, then its workers stop and it is gone
+    source: str = ""  # the archive path or URL it was loaded from
 
 
 def lendable_threads(worker: WorkerState, workers: Iterable[WorkerState], cores: int) -> int:
