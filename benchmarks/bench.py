@@ -15,7 +15,8 @@ measured side by side in one run on one machine.
      requests/s, p50/p90/p99 latency, non-2xx, server CPU ms per request (all server
      processes), peak PSS of all server processes; then batching off vs on at 1 and 32
      connections, and, alternating, images decoded by the workers vs by the frontends at 32,
-     and /predict vs KServe v2 REST (binary) and gRPC at 32 (benchmarks/protocols.py).
+     and /predict vs MMS 1.x's /predictions (raw body) and KServe v2 REST (binary) and
+     gRPC at 32 (benchmarks/protocols.py).
   3. The same for the digits CNN and for `noop` (output = input: the server's own cost),
      and the overhead baseline: a plain Flask app reading the same multipart form under
      gunicorn gthread with the frontend's process and thread counts
@@ -334,7 +335,8 @@ def main() -> None:
                        [r[key] for r in decode["frontends"]])
     protocol_runs = results.get("alternating_protocols_at_32")
     if protocol_runs:
-        for protocol, label in (("v2-rest binary", "KServe v2 REST (binary)"),
+        for protocol, label in (("predictions", "MMS 1.x /predictions (raw body)"),
+                                ("v2-rest binary", "KServe v2 REST (binary)"),
                                 ("v2-grpc", "KServe v2 gRPC")):
             ratios[f"resnet18 {label} / predict throughput, 32 connections, alternating "
                    "rounds: median (each)"] = round_ratios(

@@ -1,5 +1,6 @@
 """The same model answered through each protocol, on one server, taking turns: MMS 0.4's
-/predict (a multipart form, under wrk), KServe v2 REST with the binary tensor data
+/predict (a multipart form, under wrk), MMS 1.x's /predictions (the JPEG as the raw body,
+under wrk), KServe v2 REST with the binary tensor data
 extension (the JPEG as a BYTES tensor, under wrk) and KServe v2 gRPC (the same tensor as
 raw_input_contents, from a grpc.aio client keeping the same number of calls in flight).
 Ratios are each protocol / predict per round, and their median.
@@ -25,6 +26,7 @@ from served import ROOT, Stack, free_port, run_wrk  # noqa: E402
 from mxserve.common.proctree import cpu_seconds  # noqa: E402
 
 V2_LUA = ROOT / "benchmarks" / "v2_binary.lua"
+RAW_LUA = ROOT / "benchmarks" / "raw_body.lua"
 
 
 def v2_body(image: bytes, folder: Path) -> tuple[Path, int]:
@@ -101,15 +103,21 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
         body, header_length = v2_body(image, Path(folder))
         v2 = ("/v2/models/resnet18/infer", V2_LUA,
               {"BENCH_FILE": str(body), "BENCH_HEADER_LENGTH": str(header_length)})
+        predictions = ("/predictions/resnet18", RAW_LUA, {
+            "BENCH_FILE": str(models_dir / "examples" / "china.jpg"),
+            "BENCH_CONTENT_TYPE": "image/jpeg"})
         grpc_port = free_port()
         stack = Stack("resnet18", models_dir / "resnet18.model", "--workers-per-model", cores,
                       "--grpc-port", str(grpc_port))
         call = grpc_request(image)
         try:
-            runs: dict[str, list[dict]] = {"predict": [], "v2-rest binary": [], "v2-grpc": []}
+            runs: dict[str, list[dict]] = {"predict": [], "predictions": [],
+                                           "v2-rest binary": [], "v2-grpc": []}
             for _ in range(rounds):
                 runs["predict"].append(run_wrk(stack, "resnet18", models_dir, connections,
                                                duration))
+                runs["predictions"].append(run_wrk(stack, "resnet18", models_dir,
+                                                   connections, duration, predictions))
                 runs["v2-rest binary"].append(run_wrk(stack, "resnet18", models_dir,
                                                       connections, duration, v2))
                 runs["v2-grpc"].append(run_grpc(stack, f"127.0.0.1:{grpc_port}", call,
@@ -117,7 +125,7 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
         finally:
             stack.stop()
     result: dict[str, Any] = {"connections": connections, "runs": runs}
-    for protocol in ("v2-rest binary", "v2-grpc"):
+    for protocol in ("predictions", "v2-rest binary", "v2-grpc"):
         ratios = [v["requests_per_s"] / p["requests_per_s"]
                   for p, v in zip(runs["predict"], runs[protocol])]
         result[f"{protocol} / predict throughput per round"] = [round(r, 3) for r in ratios]

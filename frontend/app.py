@@ -97,7 +97,9 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
 
     @app.get("/api-description")
     def api_description() -> Any:
-        return jsonify(description=build_spec(catalog.signatures(), request.host, extra_paths))
+        snapshot = catalog.current()
+        return jsonify(description=build_spec(snapshot.signatures, request.host, extra_paths,
+                                              snapshot.handlers))
 
     inference = V2Inference(config, client, catalog, limits)
     tensors, handlers = TensorPredictor(config, client, limits), HandlerPredictor(config, client)

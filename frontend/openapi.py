@@ -8,7 +8,7 @@ openapi-spec-validator (a unit test checks).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from mxserve.common.signature import Signature
 
@@ -25,8 +25,10 @@ PREDICT_ERRORS = {400: "Invalid input", 404: "Unknown model", 413: "Input too la
 
 
 def build_spec(signatures: Mapping[str, Signature], host: str,
-               extra_paths: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """The whole document; `extra_paths` are custom endpoints (ServingFrontend.add_endpoint)."""
+               extra_paths: Mapping[str, Mapping[str, Any]] | None = None,
+               handlers: Iterable[str] = ()) -> dict[str, Any]:
+    """The whole document; `extra_paths` are custom endpoints (ServingFrontend.add_endpoint);
+    `handlers`: MMS 1.x models, whose routes take any body."""
     paths: dict[str, Any] = {
         "/": {"get": _get("root", HEALTH, "Health, as /ping")},
         "/ping": {"get": _get("ping", HEALTH, "Health: 200 when every model has a ready "
@@ -37,6 +39,9 @@ def build_spec(signatures: Mapping[str, Signature], host: str,
     }
     for name in sorted(signatures):
         paths[f"/{name}/predict"] = {"post": _predict(name, signatures[name])}
+    for name in sorted(handlers):
+        paths[f"/predictions/{name}"] = {"post": _handle(name, "predictions")}
+        paths[f"/{name}/predict"] = {"post": _handle(name, "predict")}
     for path, operations in (extra_paths or {}).items():
         paths.setdefault(path, {}).update(operations)
     spec: dict[str, Any] = {
@@ -55,6 +60,18 @@ def _get(operation_id: str, schema: dict[str, Any], description: str) -> dict[st
     return {"operationId": operation_id, "produces": ["application/json"],
             "description": description,
             "responses": {"200": {"description": "OK", "schema": schema}}}
+
+
+def _handle(name: str, route: str) -> dict[str, Any]:
+    """An MMS 1.x handler's route: any body (a form's fields by name, else "body"); its
+    answer's media type and status are the handler's."""
+    responses: dict[str, Any] = {"200": {"description": "the handler's answer"}}
+    for status, text in PREDICT_ERRORS.items():
+        responses[str(status)] = {"description": text, "schema": {"$ref": "#/definitions/Error"}}
+    return {"operationId": f"{name}_{route}",
+            "consumes": ["multipart/form-data", "application/octet-stream"],
+            "description": "An MMS 1.x handler: a raw body reaches it as \"body\", a form's "
+            "fields by their names", "responses": responses}
 
 
 def _predict(name: str, signature: Signature) -> dict[str, Any]:

@@ -92,8 +92,12 @@ class V2Inference:
         self.limits = limits
 
     def signature(self, model: str) -> Signature:
-        signature = self.catalog.signature(model)
+        snapshot = self.catalog.snapshot_for(model)
+        signature = snapshot.signatures.get(model)
         if signature is None:
+            if model in snapshot.handlers:
+                raise InvalidInput(f"model {model!r} is an MMS 1.x handler, which takes raw "
+                                   f"requests, not tensors: use POST /predictions/{model}")
             raise self.catalog.not_loaded(model)
         return signature
 

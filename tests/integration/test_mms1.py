@@ -271,3 +271,15 @@ def test_the_migration_guides_management_examples_run(mms1):
     assert scaled == {"status": 'Workers scaled to 2 for model "classifier"'}
     assert {"modelName": "classifier", "modelUrl": "resnet18.mar"} in listing["models"]
     assert removed == {"status": 'Model "classifier" unregistered'}
+
+
+def test_handler_models_are_described_and_refused_by_v2_clearly(mms1):
+    from openapi_spec_validator import validate
+
+    spec = requests.get(f"{mms1.url}/api-description", timeout=10).json()["description"]
+    validate(spec)
+    assert {"/predictions/ctx", "/ctx/predict", "/digits/predict"} <= set(spec["paths"])
+    v2 = requests.post(f"{mms1.url}/v2/models/ctx/infer", json={"inputs": [{
+        "name": "data", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, timeout=10)
+    assert v2.status_code == 400 and "/predictions/ctx" in v2.json()["error"]
+    assert requests.get(f"{mms1.url}/v2/models/digits", timeout=10).status_code == 200
