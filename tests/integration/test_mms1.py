@@ -157,6 +157,12 @@ def test_predictions_refuses_what_it_cannot_serve(mms1, sample_models):
                                  headers={"Content-Type": "image/jpeg"}, timeout=30)
     assert not_an_image.status_code in (400, 415)
     assert requests.get(f"{mms1.url}/predictions/ctx", timeout=30).status_code == 405
+    no_boundary = requests.post(f"{mms1.url}/predictions/ctx", data=b"--x\r\n",
+                                headers={"Content-Type": "multipart/form-data"}, timeout=30)
+    assert no_boundary.status_code == 400 and "boundary" in no_boundary.json()["message"]
+    many = requests.post(f"{mms1.url}/predictions/ctx?" + "&".join(
+        f"p{i}=1" for i in range(100)), timeout=30)
+    assert many.status_code == 400 and "query parameters" in many.json()["message"]
 
 
 def test_concurrent_requests_on_every_route_each_get_their_own_answer(mms1, sample_models):
@@ -185,7 +191,7 @@ def test_the_management_api_works_as_mms_1_documented_it(mms1):
     models = f"{mms1.admin}/models"
     registered = mms1.api.post(models, params={
         "url": "checked.mar", "model_name": "ctx2", "initial_workers": "1", "batch_size": "2",
-        "max_batch_delay": "5", "synchronous": "true"}, timeout=120)
+        "max_batch_delay": "50", "synchronous": "true"}, timeout=120)
     assert registered.status_code == 200, registered.text
     assert registered.json() == {"status": 'Model "ctx2" registered with 1 workers'}
     assert requests.post(f"{mms1.url}/predictions/ctx2", timeout=30).json()["batch_size"] == 2
@@ -193,13 +199,20 @@ def test_the_management_api_works_as_mms_1_documented_it(mms1):
                           timeout=30)
     assert taken.status_code == 409 and taken.json()["type"] == "Conflict"
 
+    # the worker batches a handler's requests like any other service's, up to batch_size
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda i: requests.post(
+            f"{mms1.url}/predictions/ctx2", params={"i": str(i)}, timeout=30).json()["batch"],
+            range(16)))
+    assert max(batches) == 2 and min(batches) >= 1
+
     scaled = mms1.api.put(f"{models}/ctx2", params={"min_worker": "2", "max_worker": "2",
                                                     "synchronous": "true"}, timeout=120)
     assert scaled.status_code == 200, scaled.text
     [described] = mms1.api.get(f"{models}/ctx2", timeout=10).json()
     assert described["modelName"] == "ctx2" and described["modelUrl"] == "checked.mar"
     assert described["minWorkers"] == 2 and described["batchSize"] == 2
-    assert described["maxBatchDelay"] == 5 and described["loadedAtStartup"] is False
+    assert described["maxBatchDelay"] == 50 and described["loadedAtStartup"] is False
     assert [w["status"] for w in described["workers"]] == ["READY", "READY"]
     assert len({w["pid"] for w in described["workers"]}) == 2
 

@@ -36,6 +36,7 @@ class CheckedContext:
                 "loaded_as": self.loaded_as,
                 "manifest_name": context.manifest["model"]["modelName"],
                 "batch_size": context.system_properties["batch_size"],
+                "batch": len(data),
                 "header": context.get_request_header(idx, "X-Trace"),
                 "authorization": context.get_request_header(idx, "Authorization"),
                 "request_id": context.get_request_id(idx),
