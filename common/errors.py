@@ -108,6 +108,12 @@ class ModelError(MXServeError):
     type = "ModelError"
 
 
+class ModelFailed(MXServeError):
+    """A model that failed to load for good: retrying will not help (no Retry-After)."""
+
+    type = "ModelFailed"
+
+
 class InternalServerError(MXServeError):
     type = "InternalServerError"
 
@@ -163,6 +169,7 @@ HTTP_STATUS: dict[str, int] = {
     NotImplementedByServer.type: 501,
     ArchiveError.type: 400,
     ModelError.type: 500,
+    ModelFailed.type: 500,
     InternalServerError.type: 500,
     ProtocolError.type: 500,
     ServiceUnavailable.type: 503,
@@ -174,7 +181,8 @@ _BY_TYPE: dict[str, type[MXServeError]] = {
     for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, ModelNotFound, MethodNotAllowed,
                 Conflict, RequestTimeout,
                 PayloadTooLarge, UnsupportedMediaType, URITooLong, HeaderFieldsTooLarge,
-                NotImplementedByServer, ModelError, InternalServerError, ServiceUnavailable,
+                NotImplementedByServer, ModelError, ModelFailed, InternalServerError,
+                ServiceUnavailable,
                 DeadlineExceeded, ArchiveError, ProtocolError)
 }
 

@@ -69,6 +69,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models", list, [], "models to serve, as name=archive (a .model or .mar zip or "
             "folder; a relative path is also looked for in model_store), or all: every "
             "archive in model_store"),
+    Setting("required_models", list, [], "the models /readyz waits for (empty: those given "
+            "at start); a model registered later, or one not named here, never makes the "
+            "instance unready"),
+    Setting("livez_broker_grace_s", float, 30.0, "how long /livez stays true while the "
+            "broker cannot be reached (its restarts take seconds)", _positive),
     Setting("host", str, "127.0.0.1", "inference listener address"),
     Setting("port", int, 8080, "inference listener port", _positive),
     Setting("grpc_port", int, 0, "KServe v2 gRPC listener port, on host (0: no gRPC "

@@ -30,6 +30,7 @@ from mxserve.frontend.management import add_management_routes
 from mxserve.frontend.openapi import build_spec
 from mxserve.frontend.predict import TensorPredictor, predict_route
 from mxserve.frontend.predictions import predictions_route
+from mxserve.frontend.probes import add_probe_routes
 from mxserve.frontend.request_context import CLIENT_LIMITS_KEY, ClientLimits
 from mxserve.frontend.request_path import RequestPath
 from mxserve.frontend.v2_inference import V2Inference
@@ -86,6 +87,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
 
     app.add_url_rule("/ping", "ping", health)
     app.add_url_rule("/", "root", health)
+    add_probe_routes(app, catalog, config.livez_broker_grace_s)
 
     extra_paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:

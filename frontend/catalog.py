@@ -41,6 +41,20 @@ class Snapshot:
         return bool(models) and not self.raw["draining"] and all(
             m["ready"] >= 1 for m in models.values())
 
+    @property
+    def serving(self) -> bool:
+        """Ready for traffic (/readyz): not draining, and every required model has a ready
+        worker; a model registered later, or an optional one, never holds it back."""
+        return not self.raw["draining"] and not self.raw.get("required_missing") and all(
+            m["ready"] >= 1 for m in self.raw["models"].values() if m.get("required"))
+
+    def waiting_for(self) -> dict[str, str]:
+        """The required models without a ready worker, and their status."""
+        waiting = {name: m["status"] for name, m in self.raw["models"].items()
+                   if m.get("required") and m["ready"] < 1}
+        return {**waiting, **{name: "not registered"
+                              for name in self.raw.get("required_missing", [])}}
+
     def model_ready(self, model: str) -> bool:
         return self.raw["models"].get(model, {}).get("ready", 0) >= 1
 

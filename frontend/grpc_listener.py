@@ -87,7 +87,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerReadyResponse(ready=self._answer(
-            context, "ServerReady", lambda: self.catalog.fetch().ready))
+            context, "ServerReady", lambda: self.catalog.fetch().serving))
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ModelReadyResponse(ready=self._answer(

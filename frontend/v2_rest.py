@@ -49,9 +49,9 @@ def v2_routes(inference: V2Inference, catalog: Catalog, version: str,
 
     def ready(environ: dict[str, Any], exchange: Exchange, headers: Headers) -> bytes:
         snapshot = catalog.fetch()
-        if not snapshot.ready:
+        if not snapshot.serving:
             why = ("shutting down" if snapshot.raw["draining"]
-                   else "a model has no ready worker")
+                   else "a required model has no ready worker")
             raise ServiceUnavailable(f"the server is not ready: {why}")
         return json_bytes({"ready": True})
 

@@ -158,7 +158,12 @@ def test_models_that_cannot_load_are_failed_with_their_reason_and_the_others_ser
         assert never_served.status_code == 404  # it has no signature: it was never served
         refused = requests.post(f"{server.url}/mismatched/predict", files={"data": image},
                                 timeout=30)
-        assert refused.status_code == 503 and "shape" in refused.json()["message"].lower()
+        # failed for good: a non-retryable error, no Retry-After
+        assert refused.status_code == 500 and refused.json()["type"] == "ModelFailed"
+        assert "shape" in refused.json()["message"].lower()
+        assert "Retry-After" not in refused.headers
+        ready = requests.get(server.url + "/readyz", timeout=5)  # every model was required
+        assert ready.status_code == 503 and ready.json()["waiting_for"]["bad"] == "failed"
         time.sleep(1.0)  # twice the first restart backoff: a loop would have restarted it
         assert server.catalog()["models"]["hangs"]["restarts"] == 0
         assert len(server.processes("worker --archive")) == 1

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import MAR_SERVICES, ROOT, build_mar
-from tests.server_harness import Server
+from tests.server_harness import Server, eventually
 
 IMAGES = ("digit_0.jpg", "china.jpg", "flower.jpg")
 
@@ -27,6 +27,7 @@ def store(tmp_path_factory, sample_models):
     build_mar(sample_models["digits"], vision, "vision_service:handle", "digits", folder)
     build_mar(sample_models["resnet18"], vision, "vision_service:handle", "resnet18", folder)
     build_mar(None, MAR_SERVICES / "checked_context.py", "checked_context", "checked", folder)
+    build_mar(None, MAR_SERVICES / "fails_to_load.py", "fails_to_load:handle", "fails", folder)
     return folder
 
 
@@ -296,3 +297,24 @@ def test_handler_models_are_described_and_refused_by_v2_clearly(mms1):
         "name": "data", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, timeout=10)
     assert v2.status_code == 400 and "/predictions/ctx" in v2.json()["error"]
     assert requests.get(f"{mms1.url}/v2/models/digits", timeout=10).status_code == 200
+
+
+def test_a_failed_optional_model_keeps_the_instance_ready_and_says_so_for_good(mms1):
+    registered = mms1.api.post(f"{mms1.admin}/models", params={
+        "url": "fails.mar", "model_name": "fails"}, timeout=60)
+    assert registered.status_code == 202, registered.text
+    eventually(lambda: mms1.api.get(f"{mms1.admin}/models/fails", timeout=10).json()[0][
+        "status"] == "failed", 60, "the model failed")
+    try:
+        refused = requests.post(f"{mms1.url}/predictions/fails", timeout=30)
+        assert refused.status_code == 500 and refused.json()["type"] == "ModelFailed"
+        assert "the weights are missing" in refused.json()["message"]
+        assert "Retry-After" not in refused.headers  # retrying will not help
+        assert requests.get(f"{mms1.url}/ping", timeout=10).status_code == 503  # MMS 0.4's
+        ready = requests.get(f"{mms1.url}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json() == {"ready": True}
+        assert requests.get(f"{mms1.url}/v2/health/ready", timeout=10).status_code == 200
+        assert requests.get(f"{mms1.url}/livez", timeout=10).json() == {"live": True}
+    finally:
+        assert mms1.api.delete(f"{mms1.admin}/models/fails", timeout=60).status_code == 200
+    assert requests.get(f"{mms1.url}/ping", timeout=10).status_code == 200

@@ -64,6 +64,8 @@ class ModelRegistry:
         self.extract_root = extract_root
         self.saved = SavedModels(run_dir)
         self.configured = frozenset(self.models)  # loaded from `models` at start
+        # what /readyz waits for: named ones, else every model given at start
+        self.required = frozenset(config.required_models) or self.configured
 
     def restore_saved(self) -> None:
         """Models a previous broker had registered at run time are registered again."""
@@ -260,6 +262,7 @@ class ModelRegistry:
                                  "busy": bool(workers[w].batch)}
                                 for w in sorted(model.workers)],
                 "loaded_at_startup": name in self.configured,
+                "required": name in self.required,
                 "source": model.source,
                 "threads_per_worker": next((s.threads for s in self.pool.specs
                                             if s.model == name), 0),
@@ -277,7 +280,8 @@ class ModelRegistry:
                            else "ready" if model.workers else "loading"),
                 "error": model.error,
             }
-        return {"models": models, "draining": self.scheduler.draining}
+        return {"models": models, "draining": self.scheduler.draining,
+                "required_missing": sorted(self.required - set(self.models))}
 
 
 def _worker_count(value: Any) -> int:

@@ -18,6 +18,7 @@ from mxserve.common import metrics
 from mxserve.common.config import Config
 from mxserve.common.errors import (
     DeadlineExceeded,
+    ModelFailed,
     ModelNotFound,
     MXServeError,
     ProtocolError,
@@ -80,9 +81,12 @@ class Scheduler:
             return self.fail(pending, ServiceUnavailable("the server is shutting down"))
         if model.removing:
             return self.fail(pending, ModelNotFound(f"model {model_name!r} is being removed"))
-        if model.archive is None or not model.workers:
-            reason = model.error or "no worker is ready for this model"
-            return self.fail(pending, ServiceUnavailable(f"model {model_name}: {reason}"))
+        if model.archive is None or model.error:
+            return self.fail(pending, ModelFailed(f"model {model_name} failed to load: "
+                                                  f"{model.error or 'no archive'}"))
+        if not model.workers:
+            return self.fail(pending, ServiceUnavailable(
+                f"model {model_name}: no worker is ready for this model"))
         if len(model.queue) >= self.config.max_queue_size:
             return self.fail(pending, ServiceUnavailable(
                 f"model {model_name}: the queue is full ({self.config.max_queue_size} waiting)"))
@@ -275,8 +279,8 @@ class Scheduler:
             if name in self.pool.failed:
                 model = self.models[name]
                 model.error = self.pool.failed[name]
-                self.fail_queue(model, ServiceUnavailable(f"model {name} cannot load",
-                                                          retry_after_s=30))
+                self.fail_queue(model, ModelFailed(f"model {name} failed to load: "
+                                                   f"{model.error}"))
             elif not self.models[name].workers:
                 self.fail_queue(self.models[name],
                                 ServiceUnavailable("no worker is ready for this model"))
