@@ -12,7 +12,7 @@ PORT ?= 8080
 example: models
 	$(PY) examples/embed_digits.py --port 8090
 
-# The benchmark suite (about 14 minutes; run it alone): figures for docs/benchmarks.md.
+# The benchmark suite (about 17 minutes; run it alone): figures for docs/benchmarks.md.
 bench: models system-deps
 	$(PY) -m pip install -q -e '.[dev,samples,bench]'
 	$(PY) benchmarks/bench.py
