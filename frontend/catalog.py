@@ -116,9 +116,6 @@ class Catalog:
     def signature(self, model: str) -> Signature | None:
         return self.snapshot_for(model).signatures.get(model)
 
-    def signatures(self) -> dict[str, Signature]:
-        return self.current().signatures
-
     def not_loaded(self, model: str) -> ModelNotFound:
         """The 404 for a model that is not loaded, naming the loaded ones."""
         snapshot = self.current()

@@ -19,6 +19,7 @@ from typing import Any
 
 import multipart
 
+from mxserve.common.config import Config
 from mxserve.common.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from mxserve.frontend.decode import Field
 
@@ -33,6 +34,10 @@ PART_HEADER_COUNT = 8  # RFC 7578 allows 3
 class FormLimits:
     max_body_bytes: int
     max_parts: int
+
+    @classmethod
+    def of(cls, config: Config) -> FormLimits:
+        return cls(config.max_body_bytes, config.max_form_parts)
 
 
 def media_type(environ: dict[str, Any]) -> tuple[str, dict[str, str]]:

@@ -107,7 +107,8 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         """MMS 1.x's listing: names and archive names, a page at a time."""
         limit = _int_parameter("limit", 100, 1, MAX_PAGE)
         start = _int_parameter("next_page_token", 0, 0, 1 << 31)
-        names = sorted(listed := models())
+        listed = models()
+        names = sorted(listed)
         page = [{"modelName": n, "modelUrl": listed[n].get("source") or n}
                 for n in names[start:start + limit]]
         listing: dict[str, Any] = {"models": page}

@@ -29,7 +29,7 @@ class TensorPredictor:
         self.config = config
         self.client = client
         self.limits = limits
-        self.form_limits = FormLimits(config.max_body_bytes, config.max_form_parts)
+        self.form_limits = FormLimits.of(config)
         # Where CPU workers decode images, they get them checked but encoded (setting
         # image_decode), and decode them within their own limits.
         self.workers_decode_images = config.images_decoded_by_workers
@@ -54,18 +54,18 @@ class TensorPredictor:
 
 def predict_route(config: Config, catalog: Catalog, tensors: TensorPredictor,
                   handlers: HandlerPredictor) -> DirectRoute:
-    form_limits = FormLimits(config.max_body_bytes, config.max_form_parts)
+    form_limits = FormLimits.of(config)
 
     def predict(environ: dict[str, Any], exchange: Exchange, headers: Headers,
                 model: str) -> bytes:
-        signature = catalog.signature(model)
-        if signature is None:
-            if model in catalog.current().handlers:
-                exchange.model = model
-                return handlers(environ, exchange, headers, model,
-                                read_parts(environ, form_limits))
-            raise catalog.not_loaded(model)
-        exchange.model = model
-        return tensors(environ, exchange, headers, model, signature, None)
+        snapshot = catalog.snapshot_for(model)
+        signature = snapshot.signatures.get(model)
+        if signature is not None:
+            exchange.model = model
+            return tensors(environ, exchange, headers, model, signature, None)
+        if model in snapshot.handlers:
+            exchange.model = model
+            return handlers(environ, exchange, headers, model, read_parts(environ, form_limits))
+        raise catalog.not_loaded(model)
 
     return DirectRoute("predict", "/<model>/predict", ("POST",), predict)

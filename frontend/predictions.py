@@ -24,7 +24,7 @@ from mxserve.frontend.request_path import DirectRoute, Headers
 
 def predictions_route(config: Config, catalog: Catalog, tensors: TensorPredictor,
                       handlers: HandlerPredictor) -> DirectRoute:
-    form_limits = FormLimits(config.max_body_bytes, config.max_form_parts)
+    form_limits = FormLimits.of(config)
 
     def predictions(environ: dict[str, Any], exchange: Exchange, headers: Headers,
                     model: str) -> bytes:

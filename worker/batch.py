@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from mxserve.common.signature import Signature, TensorSpec
 from mxserve.worker.tensor_answers import checked_outputs, forward_mixed, wants_tensors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_MESSAGE_CHARS = 300  # model exception text sent to clients, trimmed; full text is logged
 
@@ -110,8 +111,24 @@ def run_batch(service: Any, signature: Signature, items: Sequence[Item],
               deadlines: Sequence[float], timing: BatchTiming | None = None,
               image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> list[Outcome]:
     """`deadlines`: per item, a time.monotonic() value after which it must not run."""
+    now = time.monotonic()
+    outcomes, runnable = admit_items(
+        items, deadlines, lambda item: inputs_in_order(signature, item, image_limits))
+    if timing is not None:
+        timing.decode_ms = (time.monotonic() - now) * 1000.0
+    if runnable:
+        for outcome in _run(service, signature, runnable):
+            outcomes[outcome.id] = outcome
+    return [outcomes[item.id] for item in items]
+
+
+def admit_items(items: Sequence[Item], deadlines: Sequence[float],
+                prepare: Callable[[Item], T]) -> tuple[dict[str, Outcome], list[tuple[Item, T]]]:
+    """The items to run, each with what `prepare` made of it; the others' outcomes: 504 for
+    one past its deadline (never run), its own error for one `prepare` refused (400, or
+    413/415 from an image's header)."""
     outcomes: dict[str, Outcome] = {}
-    runnable: list[tuple[Item, list[np.ndarray]]] = []
+    runnable: list[tuple[Item, T]] = []
     now = time.monotonic()
     for item, deadline in zip(items, deadlines):
         if now >= deadline:
@@ -119,15 +136,10 @@ def run_batch(service: Any, signature: Signature, items: Sequence[Item],
                 "the request's deadline passed before a worker could run it"))
             continue
         try:
-            runnable.append((item, inputs_in_order(signature, item, image_limits)))
-        except MXServeError as exc:  # 400, or 413/415 from an image's header
+            runnable.append((item, prepare(item)))
+        except MXServeError as exc:
             outcomes[item.id] = Outcome(item.id, error=exc)
-    if timing is not None:
-        timing.decode_ms = (time.monotonic() - now) * 1000.0
-    if runnable:
-        for outcome in _run(service, signature, runnable):
-            outcomes[outcome.id] = outcome
-    return [outcomes[item.id] for item in items]
+    return outcomes, runnable
 
 
 def inputs_in_order(signature: Signature, item: Item, limits: ImageLimits = DEFAULT_IMAGE_LIMITS
@@ -192,7 +204,7 @@ def _run(service: Any, signature: Signature, runnable: list[tuple[Item, list[np.
             return [outcome for pair in runnable for outcome in _run(service, signature, [pair])]
         item = runnable[0][0]
         log.exception("request %s: the model's code raised", item.id)
-        return [Outcome(item.id, error=_model_error(exc))]
+        return [Outcome(item.id, error=model_error(exc))]
 
 
 def _run_mixed(service: Any, signature: Signature,
@@ -217,7 +229,8 @@ def _run_mixed(service: Any, signature: Signature,
     return [outcomes[item.id] for item, _ in runnable]
 
 
-def _model_error(exc: Exception) -> MXServeError:
+def model_error(exc: Exception) -> MXServeError:
+    """What a service raised, as its request's error (its text trimmed for the client)."""
     if isinstance(exc, MXServeError):
         return exc
     return ModelError("the model raised " + exception_text(exc)[:MAX_MESSAGE_CHARS])

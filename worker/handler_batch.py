@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any, Sequence
 
 import numpy as np
 
-from mxserve.common.errors import (
-    DeadlineExceeded,
-    InvalidInput,
-    ModelError,
-    MXServeError,
-    exception_text,
-)
+from mxserve.common.errors import InvalidInput
 from mxserve.common.protocol import Item, RequestItem, read_fields
-from mxserve.worker.batch import MAX_MESSAGE_CHARS, Outcome
+from mxserve.worker.batch import MAX_MESSAGE_CHARS, Outcome, admit_items, model_error
 from mxserve.worker.services.handler_service import JSON_TYPE, HandlerRequest, HandlerService
 
 log = logging.getLogger(__name__)
@@ -31,20 +24,9 @@ log = logging.getLogger(__name__)
 
 def run_handler_batch(service: HandlerService, items: Sequence[Item],
                       deadlines: Sequence[float]) -> list[Outcome]:
-    outcomes: dict[str, Outcome] = {}
-    runnable: list[HandlerRequest] = []
-    now = time.monotonic()
-    for item, deadline in zip(items, deadlines):
-        if now >= deadline:
-            outcomes[item.id] = Outcome(item.id, error=DeadlineExceeded(
-                "the request's deadline passed before a worker could run it"))
-            continue
-        try:
-            runnable.append(handler_request(item))
-        except MXServeError as exc:
-            outcomes[item.id] = Outcome(item.id, error=exc)
+    outcomes, runnable = admit_items(items, deadlines, handler_request)
     if runnable:
-        for outcome in _run(service, runnable):
+        for outcome in _run(service, [request for _, request in runnable]):
             outcomes[outcome.id] = outcome
     return [outcomes[item.id] for item in items]
 
@@ -94,7 +76,7 @@ def _run(service: HandlerService, requests: list[HandlerRequest]) -> list[Outcom
         if refused is not None:
             return [refused]
         log.exception("request %s: the handler raised", request.request_id)
-        return [Outcome(request.request_id, error=_handler_error(exc))]
+        return [Outcome(request.request_id, error=model_error(exc))]
     return [Outcome(request.request_id, body=answer.body, content_type=answer.content_type,
                     status=answer.status)
             for request, answer in zip(requests, answers)]
@@ -112,8 +94,3 @@ def _refusal(request_id: str, exc: Exception) -> Outcome | None:
     return Outcome(request_id, body=json.dumps(body).encode(), content_type=JSON_TYPE,
                    status=code)
 
-
-def _handler_error(exc: Exception) -> MXServeError:
-    if isinstance(exc, MXServeError):
-        return exc
-    return ModelError("the model raised " + exception_text(exc)[:MAX_MESSAGE_CHARS])
