@@ -4,6 +4,8 @@
                    [--export-path D] [--force]
     mxserve worker --archive A --broker ENDPOINT [--gpu N] ...
     mxserve nginx-conf [--listen 80] [--config FILE]
+    mxserve probe livez|readyz               (a container's HEALTHCHECK)
+    mxserve check-manifests FILE|- [--adapter-rules FILE]   (rendered Kubernetes YAML)
     mxserve config --show [any `mxserve start` flag ...] | --markdown
     mxserve broker | mxserve frontend     (the two programs of supervisord.conf)
 """
@@ -62,7 +64,21 @@ def main(argv: list[str] | None = None) -> int:
                                 "nginx, consistent with this configuration")
     nginx.add_argument("--listen", default="80", help="nginx's listen directive (default: 80)")
     nginx.add_argument("--config", default=None, help="mxserve TOML settings file")
+    probe = commands.add_parser("probe", help="ask this instance's /livez or /readyz, as its "
+                                "settings place it; exit 0 on 200 (a container HEALTHCHECK)")
+    probe.add_argument("endpoint", choices=("livez", "readyz"))
+    probe.add_argument("--timeout-s", type=float, default=3.0, help="answer within this")
+    manifests = commands.add_parser(
+        "check-manifests", help="check rendered Kubernetes manifests (kubectl kustomize ...) "
+        "against mxserve's settings: ports, probes, grace period, GPUs, autoscaling metrics")
+    manifests.add_argument("file", help="the rendered YAML, or - for standard input")
+    manifests.add_argument("--adapter-rules", default=None,
+                           help="the Prometheus adapter's rules file the HPA relies on")
     args = parser.parse_args(argv)
+    if args.command == "check-manifests":
+        return _check_manifests(args)
+    if args.command == "probe":
+        return _probe(args)
     if args.command == "export":
         return _export(args)
     if args.command == "nginx-conf":
@@ -111,6 +127,52 @@ def _nginx_conf(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     print(render(config, args.listen), end="")
     return EXIT_OK
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from mxserve.common.config import load_config
+    from mxserve.common.errors import ConfigError
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"mxserve probe: error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    host = "127.0.0.1" if config.host in ("", "0.0.0.0", "::") else config.host
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{config.port}/{args.endpoint}",
+                                    timeout=args.timeout_s) as answer:
+            print(answer.read().decode(errors="replace"))
+            return EXIT_OK
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(errors="replace"))
+    except OSError as exc:
+        print(f"mxserve probe: {exc}", file=sys.stderr)
+    return 1  # what a HEALTHCHECK reads as unhealthy
+
+
+def _check_manifests(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mxserve.instance.manifest_check import check, load_documents
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file).read()
+        documents = load_documents(text)
+        rules = yaml.safe_load(open(args.adapter_rules)) if args.adapter_rules else None
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"mxserve check-manifests: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    problems = check(documents, rules)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{len(documents)} manifests agree with mxserve's settings")
+    return 1 if problems else EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
