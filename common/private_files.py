@@ -13,12 +13,25 @@ import stat
 import tempfile
 from pathlib import Path
 
-from mxserve.common.errors import InvalidInput
+from mxserve.common.errors import ConfigError, InvalidInput
+
+SOCKET_PATH_MAX = 107  # sun_path's 108 bytes, less the terminating NUL
+LONGEST_SOCKET_NAME = "/management.sock"  # of the sockets made in a run directory
 
 
 def new_run_dir() -> Path:
     """A fresh private folder under $TMPDIR."""
     return Path(tempfile.mkdtemp(prefix="mxserve-"))
+
+
+def check_socket_room(run_dir: Path) -> None:
+    """A unix socket's path has a hard length limit: refuse a run directory too deep for
+    one, before anything binds (a deep $TMPDIR would otherwise crash the broker)."""
+    longest = len(os.fsencode(str(run_dir) + LONGEST_SOCKET_NAME))
+    if longest > SOCKET_PATH_MAX:
+        raise ConfigError(f"run directory {run_dir} is too long for its unix sockets "
+                          f"({longest} bytes, at most {SOCKET_PATH_MAX}): set run_dir, or "
+                          f"TMPDIR, to a shorter folder")
 
 
 def private_dir(path: str | Path) -> Path:

@@ -56,7 +56,7 @@ from mxserve.common.errors import (
     MXServeError,
 )
 from mxserve.common.logs import LogRotator, setup_logging
-from mxserve.common.private_files import new_run_dir, private_dir
+from mxserve.common.private_files import check_socket_room, new_run_dir, private_dir
 from mxserve.common.settings import add_arguments
 from mxserve.instance.gunicorn_wiring import (
     ForkedGunicorn,
@@ -149,6 +149,7 @@ class Launcher:
         self.owns_run_dir = not config.run_dir
         run_dir = private_dir(config.run_dir) if config.run_dir else new_run_dir()
         try:
+            check_socket_room(run_dir)
             config = management_token.resolve(config, run_dir)
         except MXServeError:
             if self.owns_run_dir:

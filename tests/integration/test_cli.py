@@ -20,7 +20,7 @@ def mxserve(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command", ["", "start", "config", "frontend", "broker", "worker",
-                                     "export", "nginx-conf"])
+                                     "export", "nginx-conf", "probe", "check-manifests"])
 def test_help_of_every_subcommand(command):
     done = mxserve(*command.split(), "-h")
     assert done.returncode == 0, done.stderr
@@ -45,3 +45,16 @@ def test_a_port_in_use_is_refused_before_any_model_loads(sample_models, which):
     assert done.returncode == 2, done.stderr[-2000:]
     assert str(port) in done.stderr and "Traceback" not in done.stderr
     assert "worker" not in done.stderr  # nothing was started
+
+
+def test_a_run_directory_too_deep_for_unix_sockets_is_refused_before_anything_starts(
+        sample_models, tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mxserve.instance.cli", "start", "--port", str(free_port()),
+         "--models", f"digits={sample_models['digits']}"], env=dict(ENV, TMPDIR=str(deep)),
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "too long for its unix sockets" in done.stderr and "Traceback" not in done.stderr
+    assert not list(deep.iterdir())  # the refused run directory is removed again
