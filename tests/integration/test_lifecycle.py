@@ -42,6 +42,9 @@ def test_sigterm_turns_readiness_off_first_then_finishes_in_flight_requests(samp
                     break
                 assert time.monotonic() - signalled < 0.5, "still ready 0.5 s after SIGTERM"
             assert ping.json()["reason"] == "shutting down"
+            ready = requests.get(server.url + "/readyz", timeout=5)  # what a kubelet reads
+            assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
+            assert requests.get(server.url + "/livez", timeout=5).status_code == 200
             late = requests.post(f"{server.url}/slow/predict", data={"data": "[[0, 0, 0, 0]]"},
                                  timeout=10)
             assert late.status_code == 503 and late.headers["Retry-After"]
