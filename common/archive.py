@@ -40,6 +40,9 @@ class ExtractionLimits:
     ratio_floor_bytes: int = 1024**2  # small text files may compress well; judge only big ones
 
 
+DEFAULT_VERSION = "1.0"
+
+
 @dataclass(frozen=True)
 class ModelArchive:
     """An MMS 0.4 archive has `manifest` and `signature`; an MMS 1.x one has `mar` instead
@@ -51,6 +54,11 @@ class ModelArchive:
     signature: Signature | None
     synset: tuple[str, ...] | None = field(default=None, repr=False)
     mar: MarManifest | None = None
+
+    @property
+    def version(self) -> str:
+        """A `.mar`'s model.modelVersion; MMS 0.4 archives have none and are "1.0"."""
+        return self.mar.version if self.mar is not None else DEFAULT_VERSION
 
     @property
     def is_handler(self) -> bool:

@@ -142,8 +142,8 @@ class Disconnect(NamedTuple):
 
 
 class Manage(NamedTuple):
-    op: str  # register, unregister, scale
-    name: str = ""
+    op: str  # register, unregister, scale, set_default
+    name: str = ""  # register: the model's name; the others: its key (name@version or name)
     folder: str = ""  # register: the archive the management listener extracted
     workers: Any = None  # these three are checked by the broker, with messages of their own
     max_batch_size: Any = None

@@ -29,7 +29,7 @@ from mxserve.frontend.handler_request import HandlerPredictor
 from mxserve.frontend.management import add_management_routes
 from mxserve.frontend.openapi import build_spec
 from mxserve.frontend.predict import TensorPredictor, predict_route
-from mxserve.frontend.predictions import predictions_route
+from mxserve.frontend.predictions import predictions_routes
 from mxserve.frontend.probes import add_probe_routes
 from mxserve.frontend.request_context import CLIENT_LIMITS_KEY, ClientLimits
 from mxserve.frontend.request_path import RequestPath
@@ -107,7 +107,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
     tensors, handlers = TensorPredictor(config, client, limits), HandlerPredictor(config, client)
     app.wsgi_app = RequestPath(  # type: ignore[method-assign]
         app, [predict_route(config, catalog, tensors, handlers),
-              predictions_route(config, catalog, tensors, handlers),
+              *predictions_routes(config, catalog, tensors, handlers),
               *v2_routes(inference, catalog, installed_version(), config.max_body_bytes,
                          config.max_json_elements)],
         config.frontend_queue_timeout_s, config.access_log, {"/v2/": v2_error_answer})

@@ -58,6 +58,22 @@ class Snapshot:
     def model_ready(self, model: str) -> bool:
         return self.raw["models"].get(model, {}).get("ready", 0) >= 1
 
+    def key_of(self, model: str, version: str | None = None) -> str | None:
+        """The broker's key for a model's version: its default version when None (the
+        model's name, or name@version after the default moved to a later one)."""
+        models = self.raw["models"]
+        if version is None:
+            defaults = self.raw.get("defaults")
+            return defaults.get(model) if defaults is not None else (
+                model if model in models else None)
+        return next((key for key, entry in models.items()
+                     if entry.get("model_name", key) == model
+                     and entry.get("version") == version), None)
+
+    def versions(self, model: str) -> list[str]:
+        return sorted(entry.get("version", "") for key, entry in self.raw["models"].items()
+                      if entry.get("model_name", key) == model)
+
 
 class Catalog:
     def __init__(self, client: BrokerClient) -> None:
@@ -116,10 +132,30 @@ class Catalog:
     def signature(self, model: str) -> Signature | None:
         return self.snapshot_for(model).signatures.get(model)
 
+    def served(self, model: str, version: str | None = None) -> tuple[Snapshot, str]:
+        """The snapshot and the broker key that serve `model` (its default version, or
+        `version`), refreshed first if the current snapshot has no such model; else 404."""
+        snapshot = self.current()
+        key = snapshot.key_of(model, version)
+        if key is None:
+            since = time.monotonic() - UNKNOWN_MODEL_FRESH_S
+            if snapshot.fetched < since:
+                snapshot = self._recent(since)
+                key = snapshot.key_of(model, version)
+        if key is None:
+            known = snapshot.versions(model)
+            if version is not None and known:
+                raise ModelNotFound(f"model {model[:NAME_ECHOED]!r} has no version "
+                                    f"{version[:NAME_ECHOED]!r}; its versions: "
+                                    f"{', '.join(known)}")
+            raise self.not_loaded(model)
+        return snapshot, key
+
     def not_loaded(self, model: str) -> ModelNotFound:
         """The 404 for a model that is not loaded, naming the loaded ones."""
         snapshot = self.current()
-        loaded = sorted([*snapshot.signatures, *snapshot.handlers])
+        loaded = sorted(snapshot.raw.get("defaults") or [*snapshot.signatures,
+                                                         *snapshot.handlers])
         listing = ", ".join(loaded[:MODELS_LISTED]) + (
             f" and {len(loaded) - MODELS_LISTED} more" if len(loaded) > MODELS_LISTED else "")
         return ModelNotFound(f"model {model[:NAME_ECHOED]!r} is not loaded; loaded "

@@ -45,7 +45,6 @@ from mxserve.frontend.v2_inference import (
     InferenceRequest,
     RequestedOutput,
     V2Inference,
-    model_metadata,
     server_metadata,
 )
 from mxserve.frontend.v2_tensors import (
@@ -98,7 +97,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         def metadata() -> Any:
-            answer = model_metadata(request.name, self.inference.signature(request.name))
+            answer = self.inference.metadata(request.name, request.version or None)
             return pb.ModelMetadataResponse(
                 name=answer["name"], versions=answer["versions"], platform=answer["platform"],
                 inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in answer["inputs"]],
@@ -119,7 +118,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             context.set_trailing_metadata((("server-timing", server_timing(
                 exchange, parsed, answer.decoded, answer.timing)),))
             response = pb.ModelInferResponse(model_name=request.model_name,
-                                             model_version="1", id=request.id)
+                                             model_version=answer.model_version or "1",
+                                             id=request.id)
             for tensor in answer.outputs:
                 response.outputs.add(name=tensor.name, datatype=tensor.datatype,
                                      shape=list(tensor.shape))
@@ -158,7 +158,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if not inputs:
             raise InvalidInput("the request has no inputs")
         return InferenceRequest(request.model_name, tuple(inputs), tuple(outputs),
-                                request.id or None)
+                                request.id or None, version=request.model_version or None)
 
     def _answer(self, context: grpc.ServicerContext, what: str, call: Callable[[], Any]
                 ) -> Any:

@@ -10,19 +10,25 @@ write also takes mxserve's JSON body, as the same operation:
 
     GET    /models?limit=&next_page_token=   {"models": [{"modelName", "modelUrl"}],
                                               "nextPageToken"?}
-    GET    /models/<name>       [{"modelName", "modelVersion", "modelUrl", "minWorkers",
-                                "batchSize", "workers": [{"id", "startTime", "status",
-                                "memoryUsage", ...}], ...and mxserve's: status, ready,
-                                queue, restarts, error}]
+    GET    /models/<name>[/<version>|/all]   [{"modelName", "modelVersion", "isDefault",
+                                "modelUrl", "minWorkers", "batchSize", "workers": [{"id",
+                                "startTime", "status", "memoryUsage", ...}], ...and
+                                mxserve's: status, ready, queue, restarts, error}]
     POST   /models?url=&model_name=&initial_workers=&batch_size=&max_batch_delay=
            &response_timeout=&synchronous=    or {"path" | "url", "name", "workers",
                                 "max_batch_size", "max_batch_delay_ms", "synchronous",
                                 "timeout_s"} -> 200 once its workers are ready
                                 (synchronous), else 202 at once; 409 for a taken name
-    PUT    /models/<name>?min_worker=&synchronous=&timeout=    or {"workers", ...} -> 200/202
-    DELETE /models/<name>       new requests 404 at once, queued ones finish, then its
-                                workers stop -> 200 (202 if still draining after
-                                drain_timeout_s)
+                                and version. Another version of a loaded model is loaded
+                                beside it; the first stays the default.
+    PUT    /models/<name>[/<version>]?min_worker=&synchronous=&timeout=
+                                or {"workers", ...} -> 200/202
+    PUT    /models/<name>/<version>/set-default   routes without a version reach it
+    DELETE /models/<name>[/<version>]   new requests 404 at once, queued ones finish, then
+                                its workers stop -> 200 (202 if still draining after
+                                drain_timeout_s); 409 for the default while others remain
+
+Without a version, a route means the model's default version.
     GET    /metrics             Prometheus text, every process (common/metrics.py)
 
 A local `path` must resolve inside `model_store`; a `url` must pass the allow-list
@@ -32,7 +38,6 @@ broker only reads the extracted folder, so its loop never stalls on a large unzi
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -40,7 +45,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import jsonschema
 from flask import Flask, Response, jsonify, request
 
 from mxserve.common import metrics
@@ -48,16 +52,21 @@ from mxserve.common.archive import ExtractionLimits, load_archive
 from mxserve.common.config import Config
 from mxserve.common.errors import ArchiveError, Forbidden, InvalidInput, ModelNotFound, NotFound
 from mxserve.common.management_token import token_of
-from mxserve.common.settings import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL
 from mxserve.common.url_allowlist import parse_allowlist
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.download import download
 from mxserve.frontend.management_guard import allowed_host_names, check_host_and_origin, check_token
+from mxserve.frontend.management_requests import (
+    MAX_PAGE,
+    int_parameter,
+    registration,
+    scaling,
+    settings_of,
+)
 from mxserve.frontend.request_context import listener
 
 MANAGE_TIMEOUT_S = 10.0
-MAX_BATCH_SIZE = 1024
 # mxserve's own figures in a description ("workers" is the worker list: minWorkers counts them)
 SUMMARY_KEYS = ("status", "ready", "devices", "threads_per_worker",
                 "max_batch_size", "worker_max_batch_size", "max_batch_delay_ms", "queue",
@@ -90,11 +99,27 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     def models() -> dict[str, Any]:
         return catalog.fetch().raw["models"]
 
-    def known(name: str) -> dict[str, Any]:
-        model = models().get(name)
+    def key_of(name: str, version: str | None = None) -> str:
+        """The broker's key of a model's version (its default version when None)."""
+        snapshot = catalog.fetch()
+        key = snapshot.key_of(name, version)
+        if key is None:
+            versions = snapshot.versions(name)
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; its versions: "
+                                f"{', '.join(versions)}" if versions and version else
+                                f"model {name!r} is not registered")
+        return key
+
+    def known(key: str) -> dict[str, Any]:
+        model = models().get(key)
         if model is None:
-            raise ModelNotFound(f"model {name!r} is not registered")
+            raise ModelNotFound(f"model {key.partition('@')[0]!r} is not registered")
         return model
+
+    def label(key: str) -> str:
+        """How a status names a model: a later version with its version."""
+        name, _, version = key.partition("@")
+        return f'"{name}" version {version}' if version else f'"{name}"'
 
     @app.get("/metrics")
     @guarded
@@ -105,11 +130,12 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     @guarded
     def list_models() -> Any:
         """MMS 1.x's listing: names and archive names, a page at a time."""
-        limit = _int_parameter("limit", 100, 1, MAX_PAGE)
-        start = _int_parameter("next_page_token", 0, 0, 1 << 31)
-        listed = models()
-        names = sorted(listed)
-        page = [{"modelName": n, "modelUrl": listed[n].get("source") or n}
+        limit = int_parameter("limit", 100, 1, MAX_PAGE)
+        start = int_parameter("next_page_token", 0, 0, 1 << 31)
+        snapshot = catalog.fetch()
+        listed, defaults = snapshot.raw["models"], snapshot.raw["defaults"]
+        names = sorted(defaults)  # each model once, as its default version
+        page = [{"modelName": n, "modelUrl": listed[defaults[n]].get("source") or n}
                 for n in names[start:start + limit]]
         listing: dict[str, Any] = {"models": page}
         if start + limit < len(names):
@@ -118,45 +144,66 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
 
     @app.get("/models/<name>")
     @guarded
-    def describe_model(name: str) -> Any:
-        return jsonify([description(name, known(name))])
+    def describe_model(name: str, version: str | None = None) -> Any:
+        """The default version, one version, or (`all`) every version."""
+        if version == "all":
+            key_of(name)
+            versions = sorted((m for m in models().values() if m["model_name"] == name),
+                              key=lambda m: m["version"])
+            return jsonify([description(name, model) for model in versions])
+        return jsonify([description(name, known(key_of(name, version)))])
+
+    app.add_url_rule("/models/<name>/<version>", "describe_version", describe_model,
+                     methods=["GET"])
+
+    @app.put("/models/<name>/<version>/set-default")
+    @guarded
+    def set_default(name: str, version: str) -> Any:
+        client.manage("set_default", {"name": key_of(name, version)}, MANAGE_TIMEOUT_S)
+        catalog.fetch()
+        return jsonify(status=f'Default version of model "{name}" set to {version}')
 
     def register_model() -> Any:
-        asked = _registration()
+        asked = registration()
         with _archive_source(asked, config, allowlist) as source:
             extract_root = Path(config.run_dir or tempfile.gettempdir()) / "models"
             archive = load_archive(source, extract_root, name=asked.get("name"),
                                    limits=ExtractionLimits(max_total_bytes=config.max_archive_bytes))
-        client.manage("register", {"name": archive.name, "folder": str(archive.root),
-                                   "source": asked.get("path") or asked.get("url") or "",
-                                   **_settings(asked)}, MANAGE_TIMEOUT_S)
+        result = client.manage("register", {
+            "name": archive.name, "folder": str(archive.root),
+            "source": asked.get("path") or asked.get("url") or "", **settings_of(asked)},
+            MANAGE_TIMEOUT_S)
+        key = result["key"]
         catalog.fetch()  # this process routes the new model at once; others within 2 s
         if not asked.get("synchronous"):
-            return jsonify(status=f'Model "{archive.name}" registered; its workers are '
+            return jsonify(status=f"Model {label(key)} registered; its workers are "
                            "starting"), 202
-        model = settled(archive.name, asked.get("timeout_s"))
+        model = settled(key, asked.get("timeout_s"))
         if model.get("status") == "failed":
-            client.manage("unregister", {"name": archive.name}, MANAGE_TIMEOUT_S)
+            client.manage("unregister", {"name": key}, MANAGE_TIMEOUT_S)
             raise ArchiveError(f"model {archive.name!r} failed to load: {model.get('error')}")
-        return jsonify(status=f'Model "{archive.name}" registered with {model["ready"]} '
-                       "workers")
+        return jsonify(status=f'Model {label(key)} registered with {model["ready"]} workers')
 
     app.add_url_rule("/models", "register_model", guarded(register_model, True),
                      methods=["POST"])
 
     @app.put("/models/<name>")
     @guarded
-    def scale_model(name: str) -> Any:
-        asked = _scaling()
-        settings = _settings(asked)
+    def scale_model(name: str, version: str | None = None) -> Any:
+        asked = scaling()
+        settings = settings_of(asked)
         if not settings:
             raise InvalidInput("send min_worker (or workers), max_batch_size and/or "
                                "max_batch_delay_ms")
-        client.manage("scale", {"name": name, **settings}, MANAGE_TIMEOUT_S)
+        key = key_of(name, version)
+        client.manage("scale", {"name": key, **settings}, MANAGE_TIMEOUT_S)
         if not asked.get("synchronous"):
             return jsonify(status="Processing worker updates..."), 202
-        model = settled(name, asked.get("timeout_s"))
-        return jsonify(status=f'Workers scaled to {model["ready"]} for model "{name}"')
+        model = settled(key, asked.get("timeout_s"))
+        return jsonify(status=f'Workers scaled to {model["ready"]} for model {label(key)}')
+
+    app.add_url_rule("/models/<name>/<version>", "scale_version", scale_model,
+                     methods=["PUT"])
 
     def settled(name: str, timeout_s: Any) -> dict[str, Any]:
         """The model once every planned worker is ready or it failed (synchronous calls),
@@ -170,26 +217,30 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
                 return model
             time.sleep(0.1)
 
-    def delete_model(name: str) -> Any:
-        client.manage("unregister", {"name": name}, MANAGE_TIMEOUT_S)
+    def delete_model(name: str, version: str | None = None) -> Any:
+        key = key_of(name, version)
+        client.manage("unregister", {"name": key}, MANAGE_TIMEOUT_S)
         deadline = time.monotonic() + config.drain_timeout_s
         while time.monotonic() < deadline:
-            if name not in models():
+            if key not in models():
                 catalog.fetch()
-                return jsonify(status=f'Model "{name}" unregistered')
+                return jsonify(status=f"Model {label(key)} unregistered")
             time.sleep(0.1)
-        return jsonify(status=f'Model "{name}" is unregistering: its queued requests are '
-                       "finishing"), 202
+        return jsonify(status=f"Model {label(key)} is unregistering: its queued requests "
+                       "are finishing"), 202
 
     app.add_url_rule("/models/<name>", "delete_model", guarded(delete_model, True),
                      methods=["DELETE"])
+    app.add_url_rule("/models/<name>/<version>", "delete_version",
+                     guarded(delete_model, True), methods=["DELETE"])
 
 
 def description(name: str, model: dict[str, Any]) -> dict[str, Any]:
     """One model as MMS 1.x / TorchServe describe it, with mxserve's own figures after."""
     return {
         "modelName": name,
-        "modelVersion": "1.0",
+        "modelVersion": model.get("version") or "1.0",
+        "isDefault": model.get("default", True),
         "modelUrl": model.get("source") or name,
         "runtime": "python",
         "minWorkers": model.get("workers"),
@@ -216,119 +267,6 @@ def resident_bytes(pid: int) -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-SETTINGS_PROPERTIES: dict[str, Any] = {
-    "workers": {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS_PER_MODEL},
-    "max_batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE},
-    "max_batch_delay_ms": {"type": "number", "minimum": 0, "maximum": MAX_BATCH_DELAY_MS},
-}
-CALL_PROPERTIES: dict[str, Any] = {
-    "synchronous": {"type": "boolean"},
-    "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
-}
-REGISTER = jsonschema.Draft7Validator({
-    "type": "object", "additionalProperties": False,
-    "properties": {"path": {"type": "string", "minLength": 1, "maxLength": 4096},
-                   "url": {"type": "string", "minLength": 1, "maxLength": 4096},
-                   "name": {"type": "string", "minLength": 1, "maxLength": 128},
-                   **SETTINGS_PROPERTIES, **CALL_PROPERTIES},
-})
-SCALE = jsonschema.Draft7Validator({"type": "object", "additionalProperties": False,
-                                    "properties": {**SETTINGS_PROPERTIES,
-                                                   **CALL_PROPERTIES}})
-
-# MMS 1.x's query parameters -> the same operation's JSON keys (and how to read them).
-REGISTER_PARAMETERS = {"url": ("url", str), "model_name": ("name", str),
-                       "initial_workers": ("workers", int), "batch_size": ("max_batch_size", int),
-                       "max_batch_delay": ("max_batch_delay_ms", float),
-                       "response_timeout": ("timeout_s", float),
-                       "synchronous": ("synchronous", bool)}
-SCALE_PARAMETERS = {"min_worker": ("workers", int), "max_worker": (None, int),
-                    "number_gpu": (None, int), "synchronous": ("synchronous", bool),
-                    "timeout": ("timeout_s", float)}
-MAX_PAGE = 1000
-
-
-def _registration() -> dict[str, Any]:
-    """POST /models: MMS 1.x's query parameters or mxserve's JSON body, one operation. An
-    MMS 1.x `url` without a scheme is a file in the model store."""
-    if not request.args:
-        return _json_body(REGISTER)
-    asked = _query(REGISTER_PARAMETERS, REGISTER)
-    url = asked.pop("url", None)
-    if url is None:
-        raise InvalidInput("url: the archive's file name in the model store, or a URL")
-    asked["url" if "://" in url else "path"] = url
-    return asked
-
-
-def _scaling() -> dict[str, Any]:
-    return _query(SCALE_PARAMETERS, SCALE) if request.args else _json_body(SCALE)
-
-
-def _query(parameters: dict[str, tuple[str | None, type]],
-           schema: jsonschema.Draft7Validator) -> dict[str, Any]:
-    unknown = sorted(set(request.args) - set(parameters))
-    if unknown:
-        raise InvalidInput(f"unknown query parameter(s) {unknown}; known: {sorted(parameters)}")
-    asked: dict[str, Any] = {}
-    for name, value in request.args.items():
-        key, kind = parameters[name]
-        if key is None:
-            continue  # accepted as MMS 1.x did, with nothing to do here
-        try:
-            if kind is bool:
-                if value.lower() not in ("true", "false"):
-                    raise ValueError(value)
-                asked[key] = value.lower() == "true"
-            else:
-                asked[key] = kind(value)
-        except ValueError as exc:
-            raise InvalidInput(f"{name}: {value[:40]!r} is not a valid "
-                               f"{'true/false' if kind is bool else kind.__name__}") from exc
-    error = jsonschema.exceptions.best_match(schema.iter_errors(asked))
-    if error is not None:
-        reverse = {key: name for name, (key, _) in parameters.items() if key}
-        where = "/".join(reverse.get(str(p), str(p)) for p in error.absolute_path)
-        raise InvalidInput(f"{where + ': ' if where else ''}{error.message}")
-    return asked
-
-
-def _int_parameter(name: str, default: int, low: int, high: int) -> int:
-    value = request.args.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise InvalidInput(f"{name} must be an integer") from exc
-    if not low <= number <= high:
-        raise InvalidInput(f"{name} must be between {low} and {high}")
-    return number
-
-
-def _json_body(schema: jsonschema.Draft7Validator) -> dict[str, Any]:
-    """The request's JSON object, valid under `schema`; InvalidInput naming the bad key."""
-    try:
-        body = json.loads(request.get_data(as_text=True), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidInput("send a JSON object (Content-Type: application/json)") from exc
-    if not isinstance(body, dict):
-        raise InvalidInput("send a JSON object (Content-Type: application/json)")
-    error = jsonschema.exceptions.best_match(schema.iter_errors(body))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path)
-        raise InvalidInput(f"{where + ': ' if where else ''}{error.message}")
-    return body
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _settings(body: dict[str, Any]) -> dict[str, Any]:
-    return {key: body[key] for key in SETTINGS_PROPERTIES if body.get(key) is not None}
 
 
 @contextlib.contextmanager

@@ -58,14 +58,11 @@ def predict_route(config: Config, catalog: Catalog, tensors: TensorPredictor,
 
     def predict(environ: dict[str, Any], exchange: Exchange, headers: Headers,
                 model: str) -> bytes:
-        snapshot = catalog.snapshot_for(model)
-        signature = snapshot.signatures.get(model)
+        snapshot, key = catalog.served(model)  # its default version
+        exchange.model = key
+        signature = snapshot.signatures.get(key)
         if signature is not None:
-            exchange.model = model
-            return tensors(environ, exchange, headers, model, signature, None)
-        if model in snapshot.handlers:
-            exchange.model = model
-            return handlers(environ, exchange, headers, model, read_parts(environ, form_limits))
-        raise catalog.not_loaded(model)
+            return tensors(environ, exchange, headers, key, signature, None)
+        return handlers(environ, exchange, headers, key, read_parts(environ, form_limits))
 
     return DirectRoute("predict", "/<model>/predict", ("POST",), predict)

@@ -1,5 +1,5 @@
-"""POST /predictions/<model>: MMS 1.x's (and TorchServe's) inference route, a direct route
-of the request path, for every model on the server.
+"""POST /predictions/<model>[/<version>]: MMS 1.x's (and TorchServe's) inference route, a
+direct route of the request path, for every model on the server.
 
 An MMS 1.x model (a `.mar` handler) gets the request as MMS 1.x handed it over: a form's
 fields by their names, any other body whole as "body" with its media type, the query
@@ -22,20 +22,19 @@ from mxserve.frontend.predict import TensorPredictor
 from mxserve.frontend.request_path import DirectRoute, Headers
 
 
-def predictions_route(config: Config, catalog: Catalog, tensors: TensorPredictor,
-                      handlers: HandlerPredictor) -> DirectRoute:
+def predictions_routes(config: Config, catalog: Catalog, tensors: TensorPredictor,
+                       handlers: HandlerPredictor) -> list[DirectRoute]:
+    """/predictions/<model> (its default version) and /predictions/<model>/<version>."""
     form_limits = FormLimits.of(config)
 
     def predictions(environ: dict[str, Any], exchange: Exchange, headers: Headers,
-                    model: str) -> bytes:
-        snapshot = catalog.snapshot_for(model)
-        if model in snapshot.handlers:
-            exchange.model = model
-            return handlers(environ, exchange, headers, model, read_parts(environ, form_limits))
-        signature = snapshot.signatures.get(model)
-        if signature is None:
-            raise catalog.not_loaded(model)
-        exchange.model = model
+                    model: str, version: str | None = None) -> bytes:
+        snapshot, key = catalog.served(model, version)
+        exchange.model = key
+        if key in snapshot.handlers:
+            return handlers(environ, exchange, headers, key, read_parts(environ, form_limits))
+        signature = snapshot.signatures[key]
+        model = key
         mimetype, _ = media_type(environ)
         if mimetype in FORM_TYPES:
             return tensors(environ, exchange, headers, model, signature, None)
@@ -55,6 +54,8 @@ def predictions_route(config: Config, catalog: Catalog, tensors: TensorPredictor
                                    "or a form") from exc
         return tensors(environ, exchange, headers, model, signature, [field])
 
-    return DirectRoute("predictions", "/predictions/<model>", ("POST",), predictions,
-                       protocol="predictions")
+    return [DirectRoute("predictions", "/predictions/<model>", ("POST",), predictions,
+                        protocol="predictions"),
+            DirectRoute("predictions_version", "/predictions/<model>/<version>", ("POST",),
+                        predictions, protocol="predictions")]
 

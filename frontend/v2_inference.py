@@ -28,7 +28,7 @@ from mxserve.common.config import FRONTEND_WAIT_MARGIN_S, Config
 from mxserve.common.errors import InvalidInput
 from mxserve.common.signature import Signature, TensorSpec
 from mxserve.frontend.broker_client import BrokerClient
-from mxserve.frontend.catalog import Catalog
+from mxserve.frontend.catalog import Catalog, Snapshot
 from mxserve.frontend.decode import Limits, image_input
 from mxserve.frontend.exchange import Exchange
 from mxserve.frontend.v2_tensors import BYTES, Tensor, datatype_of
@@ -52,6 +52,7 @@ class InferenceRequest:
     outputs: tuple[RequestedOutput, ...] = ()  # none: every output
     id: str | None = None
     binary_outputs: bool = False  # REST: the request's binary_data_output parameter
+    version: str | None = None  # none: the model's default version
 
 
 @dataclass
@@ -59,6 +60,7 @@ class InferenceAnswer:
     outputs: list[Tensor]
     timing: Mapping[str, Any] = field(default_factory=dict)  # the broker's reply fields
     decoded: float = 0.0  # time.monotonic() when the inputs were ready to send
+    model_version: str = ""  # the version that answered
 
 
 def batch_axis(shape: tuple[int, ...]) -> list[int]:
@@ -67,10 +69,10 @@ def batch_axis(shape: tuple[int, ...]) -> list[int]:
     return [-1, *(d if d > 0 else -1 for d in shape[1:])]
 
 
-def model_metadata(model: str, signature: Signature) -> dict[str, Any]:
-    """GET /v2/models/<m>: inputs and outputs from the signature."""
+def model_metadata(model: str, signature: Signature, versions: list[str]) -> dict[str, Any]:
+    """GET /v2/models/<m>: its versions, inputs and outputs from the signature."""
     return {
-        "name": model, "versions": ["1"], "platform": "mxnet_mxnet",
+        "name": model, "versions": versions, "platform": "mxnet_mxnet",
         "inputs": [{"name": s.name, "datatype": "FP32", "shape": batch_axis(s.shape)}
                    for s in signature.inputs],
         "outputs": [{"name": s.name, "datatype": "FP32", "shape": batch_axis(s.shape)}
@@ -91,19 +93,27 @@ class V2Inference:
         self.catalog = catalog
         self.limits = limits
 
-    def signature(self, model: str) -> Signature:
-        snapshot = self.catalog.snapshot_for(model)
-        signature = snapshot.signatures.get(model)
+    def resolve(self, model: str, version: str | None = None
+                ) -> tuple[Snapshot, str, Signature]:
+        """The snapshot, broker key and signature of a model's version (default: its
+        default version); 404 when there is none, 400 for a handler model."""
+        snapshot, key = self.catalog.served(model, version)
+        signature = snapshot.signatures.get(key)
         if signature is None:
-            if model in snapshot.handlers:
-                raise InvalidInput(f"model {model!r} is an MMS 1.x handler, which takes raw "
-                                   f"requests, not tensors: use POST /predictions/{model}")
-            raise self.catalog.not_loaded(model)
-        return signature
+            raise InvalidInput(f"model {model!r} is an MMS 1.x handler, which takes raw "
+                               f"requests, not tensors: use POST /predictions/{model}")
+        return snapshot, key, signature
+
+    def signature(self, model: str, version: str | None = None) -> Signature:
+        return self.resolve(model, version)[2]
+
+    def metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        snapshot, _, signature = self.resolve(model, version)
+        return model_metadata(model, signature, snapshot.versions(model))
 
     def infer(self, request: InferenceRequest, exchange: Exchange) -> InferenceAnswer:
-        signature = self.signature(request.model)
-        exchange.model = request.model
+        snapshot, key, signature = self.resolve(request.model, request.version)
+        exchange.model = key
         names = [spec.name for spec in signature.inputs]
         given = [tensor.name for tensor in request.inputs]
         if sorted(given) != sorted(names):
@@ -119,7 +129,7 @@ class V2Inference:
         decoded = time.monotonic()
         budget_s = max(0.001, self.config.request_timeout_s - exchange.waited_s)
         tensors, timing = self.client.infer(
-            request.model, exchange.wire_id, arrays, budget_s,
+            key, exchange.wire_id, arrays, budget_s,
             budget_s + FRONTEND_WAIT_MARGIN_S, encoded, wanted, preprocessed)
         exchange.timing = timing
         outputs = []
@@ -133,7 +143,8 @@ class V2Inference:
             elif isinstance(value, np.ndarray):
                 outputs.append(Tensor(name, datatype_of(value.dtype), tuple(value.shape),
                                       array=value))
-        return InferenceAnswer(outputs, timing, decoded)
+        version = snapshot.raw["models"].get(key, {}).get("version") or "1"
+        return InferenceAnswer(outputs, timing, decoded, version)
 
     def _arrays(self, signature: Signature, inputs: tuple[Tensor, ...]
                 ) -> tuple[dict[str, np.ndarray], bool, bool]:

@@ -19,7 +19,6 @@ from mxserve.frontend.v2_inference import (
     InferenceRequest,
     RequestedOutput,
     V2Inference,
-    model_metadata,
     server_metadata,
 )
 from mxserve.frontend.v2_tensors import (
@@ -56,9 +55,9 @@ def v2_routes(inference: V2Inference, catalog: Catalog, version: str,
         return json_bytes({"ready": True})
 
     def model_ready(environ: dict[str, Any], exchange: Exchange, headers: Headers,
-                    model: str) -> bytes:
-        inference.signature(model)
-        if not catalog.fetch().model_ready(model):
+                    model: str, model_version: str | None = None) -> bytes:
+        _, key, _ = inference.resolve(model, model_version)
+        if not catalog.fetch().model_ready(key):
             raise ServiceUnavailable(f"model {model!r} has no ready worker")
         return json_bytes({"name": model, "ready": True})
 
@@ -66,13 +65,14 @@ def v2_routes(inference: V2Inference, catalog: Catalog, version: str,
         return json_bytes(server_metadata(version))
 
     def metadata(environ: dict[str, Any], exchange: Exchange, headers: Headers,
-                 model: str) -> bytes:
-        return json_bytes(model_metadata(model, inference.signature(model)))
+                 model: str, model_version: str | None = None) -> bytes:
+        return json_bytes(inference.metadata(model, model_version))
 
     def infer(environ: dict[str, Any], exchange: Exchange, headers: Headers,
-              model: str) -> bytes:
+              model: str, model_version: str | None = None) -> bytes:
         body = read_body(environ, max_body_bytes)
-        request = parse_request(model, body, environ.get(HEADER_LENGTH), max_elements)
+        request = parse_request(model, body, environ.get(HEADER_LENGTH), max_elements,
+                                model_version)
         parsed = time.monotonic()
         answer = inference.infer(request, exchange)
         headers.append(("Server-Timing", server_timing(exchange, parsed, answer.decoded,
@@ -88,11 +88,19 @@ def v2_routes(inference: V2Inference, catalog: Catalog, version: str,
         DirectRoute("v2_model", "/v2/models/<model>", ("GET",), metadata, is_prediction=False),
         DirectRoute("v2_infer", "/v2/models/<model>/infer", ("POST",), infer,
                     protocol="v2-rest"),
+        DirectRoute("v2_version_ready", f"{VERSION_PATH}/ready", ("GET",), model_ready,
+                    is_prediction=False),
+        DirectRoute("v2_version", VERSION_PATH, ("GET",), metadata, is_prediction=False),
+        DirectRoute("v2_version_infer", f"{VERSION_PATH}/infer", ("POST",), infer,
+                    protocol="v2-rest"),
     ]
 
 
+VERSION_PATH = "/v2/models/<model>/versions/<model_version>"
+
+
 def parse_request(model: str, body: bytes, header_length: str | None,
-                  max_elements: int) -> InferenceRequest:
+                  max_elements: int, version: str | None = None) -> InferenceRequest:
     """An inference request from its REST body: JSON, then (with the binary extension)
     the tensors' bytes in input order."""
     json_part, binary = _split(body, header_length)
@@ -138,7 +146,7 @@ def parse_request(model: str, body: bytes, header_length: str | None,
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("id must be a string")
     return InferenceRequest(model, tuple(inputs), _outputs(document), request_id,
-                            binary_default)
+                            binary_default, version)
 
 
 def render_answer(request: InferenceRequest, answer: InferenceAnswer,
@@ -158,7 +166,8 @@ def render_answer(request: InferenceRequest, answer: InferenceAnswer,
         else:
             entry["data"] = json_data_of(tensor)
         outputs.append(entry)
-    document: dict[str, Any] = {"model_name": request.model, "model_version": "1"}
+    document: dict[str, Any] = {"model_name": request.model,
+                                "model_version": answer.model_version or "1"}
     if request.id is not None:
         document["id"] = request.id
     document["outputs"] = outputs

@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mxserve worker", description=__doc__.split("\n")[0])
     parser.add_argument("--archive", required=True, help=".model zip or unpacked folder")
     parser.add_argument("--model-name", help="serve under this name instead of the manifest's")
+    parser.add_argument("--served-as", default=None, help="the broker's key for this model "
+                        "(name@version for a model's later versions; default: its name)")
     parser.add_argument("--broker", required=True, help="broker worker endpoint (ipc:// or tcp://)")
     parser.add_argument("--gpu", type=int, default=None, help="GPU index; CPU when omitted")
     parser.add_argument("--threads", type=int, default=None,
@@ -183,7 +185,7 @@ def report_load_failure(args: argparse.Namespace, reason: str) -> None:
     socket.setsockopt(zmq.LINGER, 1000)  # let it leave, but never hang the exit
     socket.connect(args.broker)
     socket.send_multipart(to_frames(Message(Kind.DISCONNECT, fields_of(Disconnect(
-        model=args.model_name or "", load_error=reason)))), copy=False)
+        model=args.served_as or args.model_name or "", load_error=reason)))), copy=False)
     socket.close()
     context.term()
 
@@ -200,7 +202,8 @@ class Worker:
         self.service = service
         self.args = args
         self.device = f"gpu:{args.gpu}" if args.gpu is not None else "cpu"
-        self.identity = (args.worker_id or f"{archive.name}-{os.getpid()}").encode()
+        self.served_as = args.served_as or archive.name  # what the broker knows it by
+        self.identity = (args.worker_id or f"{self.served_as}-{os.getpid()}").encode()
         self.interval_s = args.heartbeat_interval
         self.stopping = False
         self.parent = os.getppid()
@@ -225,7 +228,7 @@ class Worker:
         try:
             self._loop()
         finally:
-            self._send(Message(Kind.DISCONNECT, fields_of(Disconnect(model=self.archive.name))))
+            self._send(Message(Kind.DISCONNECT, fields_of(Disconnect(model=self.served_as))))
             self.socket.close(linger=500)  # let DISCONNECT leave, but never hang on exit
             self.context.term()
 
@@ -249,11 +252,11 @@ class Worker:
         self.poller.register(self.socket, self.zmq.POLLIN)
         self.poller.register(self.wake_r, self.zmq.POLLIN)
         self._send(Message(Kind.READY, fields_of(Ready(
-            model=self.archive.name, device=self.device, pid=os.getpid(),
+            model=self.served_as, device=self.device, pid=os.getpid(),
             max_batch_size=self.args.max_batch_size, threads=self.threads))))
         self.last_heard = time.monotonic()
         self.next_heartbeat = self.last_heard + self.interval_s
-        log.info("model %s on %s: READY to %s", self.archive.name, self.device, self.args.broker)
+        log.info("model %s on %s: READY to %s", self.served_as, self.device, self.args.broker)
 
     def _loop(self) -> None:
         liveness_s = self.interval_s * self.args.heartbeat_liveness

@@ -41,11 +41,13 @@ def load_configured(config: Config, extract_root: Path
         except MXServeError as exc:
             label = name or path
             log.error("model %s cannot be served: %s", label, exc.message)
-            models[label] = ModelState(archive=None, error=exc.message)
+            models[label] = ModelState(archive=None, error=exc.message, name=label)
             continue
         if archive.name in models:
-            raise InvalidInput(f"two models are named {archive.name!r}")
-        models[archive.name] = ModelState(archive=archive, source=path)
+            raise InvalidInput(f"two models are named {archive.name!r} (register further "
+                               "versions through the management API)")
+        models[archive.name] = ModelState(archive=archive, source=path, name=archive.name,
+                                          version=archive.version)
         folders[archive.name] = archive.root
     for name, model in models.items():
         batching = batching_for(config, name, bool(model.archive and model.archive.is_handler))
@@ -66,23 +68,27 @@ class ModelRegistry:
         self.configured = frozenset(self.models)  # loaded from `models` at start
         # what /readyz waits for: named ones, else every model given at start
         self.required = frozenset(config.required_models) or self.configured
+        # each model name's default version (its key), which routes without a version reach
+        self.defaults = {model.name or key: key for key, model in self.models.items()}
 
     def restore_saved(self) -> None:
         """Models a previous broker had registered at run time are registered again."""
-        for name, entry in self.saved.load().items():
-            if name in self.models:
-                log.warning("not restoring registered model %s: a configured model has its "
-                            "name", name)
-                self.saved.drop(name)
-                continue
+        for key, entry in self.saved.load().items():
+            name = entry.get("model_name", key)
             try:
-                self._add_model(read_fields(Manage, {**entry, "op": "register", "name": name}))
+                restored = self._add_model(read_fields(Manage, {
+                    **entry, "op": "register", "name": name}))
             except (MXServeError, *MALFORMED) as exc:
-                log.warning("not restoring registered model %s: %s", name,
+                log.warning("not restoring registered model %s: %s", key,
                             getattr(exc, "message", exc))
-                self.saved.drop(name)
+                self.saved.drop(key)
                 continue
-            log.info("restored model %s, registered before this broker started", name)
+            if restored["key"] != key:  # restored in another order: saved under its new key
+                self.saved.drop(key)
+                self._save(restored["key"])
+            if entry.get("default"):
+                self.defaults[name] = restored["key"]
+            log.info("restored model %s, registered before this broker started", key)
 
     # -- management commands -----------------------------------------------------------
 
@@ -96,6 +102,8 @@ class ModelRegistry:
                 result = self._unregister(command.name)
             elif command.op == "scale":
                 result = self._scale(command)
+            elif command.op == "set_default":
+                result = self._set_default(command.name)
             else:
                 raise InvalidInput(f"unknown management operation {command.op!r}")
         except ProtocolError as exc:
@@ -123,18 +131,26 @@ class ModelRegistry:
         except BaseException:
             self._discard_extraction(Path(command.folder))
             raise
-        self._save(command.name)
+        self._save(result["key"])
         return result
 
-    def _add_model(self, command: Manage) -> dict[str, Any]:
-        name = command.name
-        if name in self.models:
+    def _key_for(self, name: str, version: str) -> str:
+        """A new version's key: its name for the first, name@version for the others."""
+        taken = {model.version: key for key, model in self.models.items()
+                 if (model.name or key) == name}
+        if version in taken or "" in taken:
+            key = taken.get(version, taken.get("", name))
             raise Conflict(f"a model named {name!r} is already registered"
-                               + (" (still being removed)" if self.models[name].removing
-                                  else ""))
-        specs = self._plan(name, _worker_count(command.workers
-                                               or self.config.workers_per_model))
-        archive = load_archive(Path(command.folder), name=name)
+                           + (f" at version {version}" if version in taken else "")
+                           + (" (still being removed)" if self.models[key].removing else ""))
+        return f"{name}@{version}" if taken else name
+
+    def _add_model(self, command: Manage) -> dict[str, Any]:
+        archive = load_archive(Path(command.folder), name=command.name)
+        name = archive.name
+        key = self._key_for(name, archive.version)
+        specs = self._plan(key, _worker_count(command.workers
+                                              or self.config.workers_per_model))
         batching = batching_for(self.config, name, archive.is_handler)
         delay_ms = (batching.max_batch_delay_ms if command.max_batch_delay_ms is None
                     else command.max_batch_delay_ms)
@@ -142,12 +158,15 @@ class ModelRegistry:
                            max_batch_size=_batch_size(command.max_batch_size
                                                       or batching.max_batch_size),
                            max_batch_delay_s=_batch_delay_ms(delay_ms) / 1000.0,
-                           source=command.source or command.folder)
-        self.models[name] = model
-        self.pool.add(name, specs, archive.root, model.max_batch_size,
-                      service_for(self.config, name))
-        log.info("registered model %s from %s", name, archive.root)
-        return self.catalog()["models"][name]
+                           source=command.source or command.folder, name=name,
+                           version=archive.version)
+        self.models[key] = model
+        self.defaults.setdefault(name, key)
+        self.pool.add(key, specs, archive.root, model.max_batch_size,
+                      service_for(self.config, name), name=name)
+        log.info("registered model %s (version %s) from %s", name, archive.version,
+                 archive.root)
+        return {"key": key, **self.catalog()["models"][key]}
 
     def _plan(self, name: str, count: int) -> list[WorkerSpec]:
         """`count` more CPU workers for a model (with GPUs: one per GPU, as at start)."""
@@ -159,11 +178,26 @@ class ModelRegistry:
 
     def _unregister(self, name: str) -> dict[str, Any]:
         """Refuse new requests (404), let queued and running ones finish, then stop its
-        workers (finish_removals)."""
+        workers (finish_removals). A default version goes last: its routes would vanish."""
         model = self._known(name)
+        others = [key for key, other in self.models.items() if key != name
+                  and other.name == model.name and not other.removing]
+        if others and self.defaults.get(model.name) == name:
+            raise Conflict(f"version {model.version} is the default of model "
+                           f"{model.name!r}: make another version the default first")
         model.removing = True
         log.info("unregistering model %s: %d queued, draining", name, len(model.queue))
         return {"name": name, "status": "removing"}
+
+    def _set_default(self, key: str) -> dict[str, Any]:
+        """Routes without a version reach this version of its model from now on."""
+        model = self._known(key)
+        previous = self.defaults.get(model.name)
+        self.defaults[model.name] = key
+        for saved in {previous, key} & set(self.saved.entries):
+            self._save(saved)
+        log.info("model %s: version %s is the default", model.name, model.version)
+        return self.catalog()["models"][key]
 
     def _scale(self, command: Manage) -> dict[str, Any]:
         name = command.name
@@ -203,7 +237,8 @@ class ModelRegistry:
                 "folder": str(model.archive.root), "workers": self.pool.total(name),
                 "max_batch_size": model.max_batch_size,
                 "max_batch_delay_ms": model.max_batch_delay_s * 1000.0,
-                "source": model.source})
+                "source": model.source, "model_name": model.name,
+                "default": self.defaults.get(model.name) == name})
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -219,6 +254,13 @@ class ModelRegistry:
             self.pool.retire(name)
             del self.models[name]
             self.saved.drop(name)
+            if self.defaults.get(model.name) == name:
+                remaining = [key for key, other in self.models.items()
+                             if other.name == model.name]
+                if remaining:
+                    self.defaults[model.name] = remaining[0]
+                else:
+                    del self.defaults[model.name]
             if model.archive is not None:
                 self._discard_extraction(model.archive.root)
             log.info("model %s removed", name)
@@ -263,6 +305,9 @@ class ModelRegistry:
                                 for w in sorted(model.workers)],
                 "loaded_at_startup": name in self.configured,
                 "required": name in self.required,
+                "model_name": model.name or name,
+                "version": model.version,
+                "default": self.defaults.get(model.name or name) == name,
                 "source": model.source,
                 "threads_per_worker": next((s.threads for s in self.pool.specs
                                             if s.model == name), 0),
@@ -281,6 +326,7 @@ class ModelRegistry:
                 "error": model.error,
             }
         return {"models": models, "draining": self.scheduler.draining,
+                "defaults": dict(self.defaults),
                 "required_missing": sorted(self.required - set(self.models))}
 
 

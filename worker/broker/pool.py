@@ -119,6 +119,7 @@ class WorkerPool:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.log_level = log_level
         self.services = services or {}  # model -> (service file, class name)
+        self.names: dict[str, str] = {}  # a later version's key -> its model's name
         self.batch_memory_mb = batch_memory_mb
         self.worker_args = worker_args or []  # the same for every worker (wire limits)
         # CPU workers are forked from a process that imported MXNet once (worker/forkserver.py)
@@ -140,9 +141,12 @@ class WorkerPool:
                 self._start(worker, now)
 
     def add(self, model: str, specs: list[WorkerSpec], archive: Path | None = None,
-            max_batch_size: int | None = None, service: tuple[str, str] | None = None
-            ) -> None:
-        """More workers (a registered model, or scaling up); started by `start_due`."""
+            max_batch_size: int | None = None, service: tuple[str, str] | None = None,
+            name: str | None = None) -> None:
+        """More workers (a registered model, or scaling up); started by `start_due`.
+        `name`: the model's name where its key `model` is another (a later version)."""
+        if name is not None and name != model:
+            self.names[model] = name
         if archive is not None:
             self.archives[model] = archive
         if max_batch_size is not None:
@@ -188,12 +192,15 @@ class WorkerPool:
             return
         worker.generation += 1
         argv = [sys.executable, "-m", "mxserve.worker", "--archive", str(self.archives[spec.model]),
-                "--model-name", spec.model, "--broker", self.broker_endpoint,
+                "--model-name", self.names.get(spec.model, spec.model),
+                "--broker", self.broker_endpoint,
                 "--max-batch-size", str(self.max_batch_size[spec.model]),
                 "--batch-memory-mb", str(self.batch_memory_mb),
                 "--worker-id", worker.identity,
                 "--heartbeat-interval", str(self.heartbeat_interval_s),
                 "--log-level", self.log_level, *self.worker_args]
+        if spec.model in self.names:
+            argv += ["--served-as", spec.model]
         if spec.gpu is not None:
             argv += ["--gpu", "0"]  # pinned by CUDA_VISIBLE_DEVICES: always device 0 inside
         service_file, class_name = self.services.get(spec.model, ("", ""))

@@ -61,6 +61,8 @@ class ModelState:
     error: str = ""
     removing: bool = False  # unregistered: draining, then its workers stop and it is gone
     source: str = ""  # the archive path or URL it was loaded from
+    name: str = ""  # the model's name; its key is the name, or name@version for a later version
+    version: str = ""
 
 
 def lendable_threads(worker: WorkerState, workers: Iterable[WorkerState], cores: int) -> int:
