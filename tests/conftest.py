@@ -63,3 +63,34 @@ def build_mar(model_archive: Path, handler_file: Path, handler: str, name: str,
                    check=True, capture_output=True, timeout=60)
     shutil.rmtree(source)
     return export_dir / f"{name}.mar"
+
+
+def with_version(mar: Path, version: str, out: Path) -> Path:
+    """`mar` as torch-model-archiver's --version would have made it: model.modelVersion set
+    in its manifest (model-archiver 1.0 writes none)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(mar) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dest:
+        for entry in source.namelist():
+            data = source.read(entry)
+            if entry == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelVersion"] = version
+                data = json.dumps(manifest, indent=2).encode()
+            dest.writestr(entry, data)
+    return out
+
+
+def relabelled(model_archive: Path, prefix: str, out: Path) -> Path:
+    """An MMS 0.4 archive whose synset labels carry `prefix`: the same weights answering
+    with labels that tell which copy answered."""
+    import zipfile
+
+    with zipfile.ZipFile(model_archive) as source, zipfile.ZipFile(out, "w") as dest:
+        for entry in source.namelist():
+            data = source.read(entry)
+            if entry == "synset.txt":
+                data = "\n".join(prefix + line for line in data.decode().splitlines()).encode()
+            dest.writestr(entry, data)
+    return out
