@@ -142,6 +142,8 @@ class Catalog:
             if snapshot.fetched < since:
                 snapshot = self._recent(since)
                 key = snapshot.key_of(model, version)
+        if key is not None and not snapshot.knows(key):
+            key = None  # an archive that could not even be read: it was never served
         if key is None:
             known = snapshot.versions(model)
             if version is not None and known:

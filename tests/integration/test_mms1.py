@@ -14,39 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import MAR_SERVICES, ROOT, build_mar, relabelled, with_version
-from tests.server_harness import Server, eventually
+from tests.conftest import ROOT
+from tests.server_harness import eventually
 
 IMAGES = ("digit_0.jpg", "china.jpg", "flower.jpg")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, sample_models):
-    folder = tmp_path_factory.mktemp("model-store")
-    vision = MAR_SERVICES / "vision_service.py"
-    build_mar(sample_models["digits"], vision, "vision_service:handle", "digits", folder)
-    build_mar(sample_models["resnet18"], vision, "vision_service:handle", "resnet18", folder)
-    build_mar(None, MAR_SERVICES / "checked_context.py", "checked_context", "checked", folder)
-    build_mar(None, MAR_SERVICES / "fails_to_load.py", "fails_to_load:handle", "fails", folder)
-    # Version 2.0 of the digits .mar: the same weights, labels "v2-0"..., so its answers
-    # show which version answered.
-    work = tmp_path_factory.mktemp("digits-v2")
-    relabelled_digits = relabelled(sample_models["digits"], "v2-", work / "digits.model")
-    with_version(build_mar(relabelled_digits, vision, "vision_service:handle", "digits", work),
-                 "2.0", folder / "digits-v2.mar")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def mms1(store, sample_models):
-    # The .mar archives are named by file in the model store, as MMS 1.x's --models did;
-    # `checked` is served under another name than its manifest's.
-    with Server([f"digits={sample_models['digits']}", f"resnet18={sample_models['resnet18']}",
-                 "digits-mar=digits.mar", "resnet18-mar=resnet18.mar", "ctx=checked.mar"],
-                "--model-store", str(store), "--enable-model-api") as server:
-        server.api = requests.Session()
-        server.api.headers.update(server.admin_headers)
-        yield server
 
 
 def image(sample_models, name: str) -> bytes:
@@ -331,84 +302,3 @@ def test_a_failed_optional_model_keeps_the_instance_ready_and_says_so_for_good(m
     finally:
         assert mms1.api.delete(f"{mms1.admin}/models/fails", timeout=60).status_code == 200
     assert requests.get(f"{mms1.url}/ping", timeout=10).status_code == 200
-
-
-def top_class(response: requests.Response) -> str:
-    assert response.status_code == 200, response.text
-    answer = response.json()
-    return (answer["prediction"][0] if isinstance(answer, dict) else answer)[0]["class"]
-
-
-def test_two_versions_serve_side_by_side_and_the_default_switches(mms1, sample_models):
-    api, admin = mms1.api, mms1.admin
-    digit = image(sample_models, "digit_0.jpg")
-    jpeg = {"Content-Type": "image/jpeg"}
-    for url, status in (("digits.mar", 'Model "vdigits" registered with 1 workers'),
-                        ("digits-v2.mar", 'Model "vdigits" version 2.0 registered with 1 '
-                                          'workers')):
-        registered = api.post(f"{admin}/models", params={
-            "url": url, "model_name": "vdigits", "synchronous": "true"}, timeout=120)
-        assert registered.status_code == 200 and registered.json() == {"status": status}
-    again = api.post(f"{admin}/models", params={"url": "digits-v2.mar",
-                                                "model_name": "vdigits"}, timeout=60)
-    assert again.status_code == 409 and "version 2.0" in again.json()["message"]
-    try:
-        every = api.get(f"{admin}/models/vdigits/all", timeout=10).json()
-        assert [(m["modelVersion"], m["isDefault"]) for m in every] == [("1.0", True),
-                                                                         ("2.0", False)]
-        assert api.get(f"{admin}/models/vdigits/2.0", timeout=10).json()[0][
-            "modelVersion"] == "2.0"
-        listing = api.get(f"{admin}/models", timeout=10).json()["models"]
-        assert [m["modelName"] for m in listing].count("vdigits") == 1
-
-        # 32 at once, mixing routes and versions: each gets its own version's answer.
-        calls = [("/predictions/vdigits", "0"), ("/predictions/vdigits/1.0", "0"),
-                 ("/predictions/vdigits/2.0", "v2-0"), ("/digits/predict", "0")] * 8
-
-        def call(path: str) -> str:
-            if path.endswith("/predict"):
-                return top_class(requests.post(mms1.url + path, files={"data": digit},
-                                               timeout=60))
-            return top_class(requests.post(mms1.url + path, data=digit, headers=jpeg,
-                                           timeout=60))
-
-        with concurrent.futures.ThreadPoolExecutor(32) as pool:
-            answers = list(pool.map(call, [path for path, _ in calls]))
-        assert answers == [want for _, want in calls]
-
-        # KServe v2's version routes reach a tensor model's versions the same way.
-        v2 = requests.get(f"{mms1.url}/v2/models/digits/versions/1.0", timeout=10)
-        assert v2.status_code == 200 and v2.json()["versions"] == ["1.0"]
-        assert requests.get(f"{mms1.url}/v2/models/digits/versions/1.0/ready",
-                            timeout=10).json() == {"name": "digits", "ready": True}
-        assert requests.get(f"{mms1.url}/v2/models/digits/versions/2.0",
-                            timeout=10).status_code == 404
-        missing = requests.post(f"{mms1.url}/predictions/vdigits/3.0", data=digit,
-                                headers=jpeg, timeout=10)
-        assert missing.status_code == 404 and "1.0, 2.0" in missing.json()["message"]
-        refused = api.delete(f"{admin}/models/vdigits/1.0", timeout=30)
-        assert refused.status_code == 409 and "default" in refused.json()["message"]
-
-        switched = api.put(f"{admin}/models/vdigits/2.0/set-default", timeout=30)
-        assert switched.json() == {"status": 'Default version of model "vdigits" set to 2.0'}
-        assert call("/predictions/vdigits") == "v2-0"  # this frontend routes it at once
-        eventually(lambda: call("/vdigits/predict") == "v2-0", 10, "every frontend")
-        scaled = api.put(f"{admin}/models/vdigits/1.0", params={
-            "min_worker": "2", "synchronous": "true"}, timeout=120)
-        assert scaled.json() == {"status": "Workers scaled to 2 for model \"vdigits\""}
-        metrics = api.get(f"{admin}/metrics", timeout=10).text
-        assert 'mxserve_workers_ready{model="vdigits@2.0"} 1.0' in metrics
-        assert 'mxserve_workers_ready{model="vdigits"} 2.0' in metrics
-
-        removed = api.delete(f"{admin}/models/vdigits/1.0", timeout=60)
-        assert removed.json() == {"status": 'Model "vdigits" unregistered'}
-        assert call("/predictions/vdigits/2.0") == "v2-0"
-        gone = requests.post(f"{mms1.url}/predictions/vdigits/1.0", data=digit,
-                             headers=jpeg, timeout=10)
-        assert gone.status_code == 404
-    finally:
-        for version in ("2.0", "1.0", "2.0"):  # the default goes last, whichever it is
-            api.delete(f"{admin}/models/vdigits/{version}", timeout=60)
-    eventually(lambda: requests.post(f"{mms1.url}/predictions/vdigits", data=digit,
-                                     headers=jpeg, timeout=10).status_code == 404, 10,
-               "vdigits gone")

@@ -65,6 +65,9 @@ def test_raw_tensors_are_answered_as_predict_answers_them(client, server):
     rows = np.random.default_rng(5).random((4, 64), dtype=np.float32) * 16
     answer = client.infer("digits_mlp", [rows_input(rows)], request_id="g-1")
     assert answer.get_response().id == "g-1"
+    assert answer.get_response().model_version == "1.0"  # an MMS 0.4 archive's version
+    versioned = client.infer("digits_mlp", [rows_input(rows)], model_version="1.0")
+    np.testing.assert_array_equal(versioned.as_numpy("softmax"), answer.as_numpy("softmax"))
     assert answer.get_response().raw_output_contents  # raw_output_contents, not contents
     channel = grpc.insecure_channel(server.grpc_address)
     infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
@@ -95,10 +98,11 @@ def test_a_digit_and_a_photo_as_bytes(client, server, reference, sample_models):
 @pytest.mark.parametrize("mistake, code", [
     ("wrong name", "INVALID_ARGUMENT"), ("wrong datatype", "INVALID_ARGUMENT"),
     ("wrong shape", "INVALID_ARGUMENT"), ("short raw data", "INVALID_ARGUMENT"),
-    ("unknown output", "INVALID_ARGUMENT"), ("unknown model", "NOT_FOUND")])
+    ("unknown output", "INVALID_ARGUMENT"), ("unknown model", "NOT_FOUND"),
+    ("unknown version", "NOT_FOUND")])
 def test_every_mistake_is_a_client_status_code(client, mistake, code):
     rows = np.ones((1, 64), np.float32)
-    name, datatype, model, outputs = "data", "FP32", "digits_mlp", None
+    name, datatype, model, outputs, version = "data", "FP32", "digits_mlp", None, ""
     if mistake == "wrong name":
         name = "pixels"
     elif mistake == "wrong datatype":
@@ -109,12 +113,14 @@ def test_every_mistake_is_a_client_status_code(client, mistake, code):
         outputs = [triton.InferRequestedOutput("logits")]
     elif mistake == "unknown model":
         model = "nope"
+    elif mistake == "unknown version":
+        version = "7.0"
     tensor = triton.InferInput(name, list(rows.shape), datatype)
     tensor.set_data_from_numpy(rows)
     if mistake == "short raw data":
         tensor.set_shape([2, 64])  # the bytes hold one row
     with pytest.raises(InferenceServerException) as refused:
-        client.infer(model, [tensor], outputs=outputs)
+        client.infer(model, [tensor], outputs=outputs, model_version=version)
     assert refused.value.status() == f"StatusCode.{code}", refused.value
     assert "Traceback" not in refused.value.message()
     assert client.is_server_ready()
