@@ -80,8 +80,8 @@ class BrokerWatch:
             except zmq.ZMQError:  # the context is being terminated
                 return
             if event == zmq.EVENT_CONNECTED and not self.up:
+                os.read(self.fd, 1)  # before the flag: "up" never has a readable fd
                 self.up = True
-                os.read(self.fd, 1)
             elif event == zmq.EVENT_DISCONNECTED and self.up:
                 self.up = False  # before the byte: a woken thread must see "down"
                 os.write(self._write_fd, b"x")
