@@ -3,7 +3,8 @@
 under wrk), KServe v2 REST with the binary tensor data
 extension (the JPEG as a BYTES tensor, under wrk) and KServe v2 gRPC (the same tensor as
 raw_input_contents, from a grpc.aio client keeping the same number of calls in flight).
-Ratios are each protocol / predict per round, and their median.
+Ratios are each protocol / predict per round, and their median; each round starts with the
+next protocol in turn, so none always runs first.
 
     python benchmarks/protocols.py [--rounds 3] [--duration 10] [--connections 32]
 """
@@ -111,17 +112,22 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
                       "--grpc-port", str(grpc_port))
         call = grpc_request(image)
         try:
-            runs: dict[str, list[dict]] = {"predict": [], "predictions": [],
-                                           "v2-rest binary": [], "v2-grpc": []}
-            for _ in range(rounds):
-                runs["predict"].append(run_wrk(stack, "resnet18", models_dir, connections,
-                                               duration))
-                runs["predictions"].append(run_wrk(stack, "resnet18", models_dir,
-                                                   connections, duration, predictions))
-                runs["v2-rest binary"].append(run_wrk(stack, "resnet18", models_dir,
-                                                      connections, duration, v2))
-                runs["v2-grpc"].append(run_grpc(stack, f"127.0.0.1:{grpc_port}", call,
-                                                connections, duration))
+            measure = {
+                "predict": lambda: run_wrk(stack, "resnet18", models_dir, connections,
+                                           duration),
+                "predictions": lambda: run_wrk(stack, "resnet18", models_dir, connections,
+                                               duration, predictions),
+                "v2-rest binary": lambda: run_wrk(stack, "resnet18", models_dir, connections,
+                                                  duration, v2),
+                "v2-grpc": lambda: run_grpc(stack, f"127.0.0.1:{grpc_port}", call,
+                                            connections, duration)}
+            runs: dict[str, list[dict]] = {protocol: [] for protocol in measure}
+            order = list(measure)
+            for round_number in range(rounds):
+                # Each round starts with the next protocol: none always runs first.
+                shift = round_number % len(order)
+                for protocol in order[shift:] + order[:shift]:
+                    runs[protocol].append(measure[protocol]())
         finally:
             stack.stop()
     result: dict[str, Any] = {"connections": connections, "runs": runs}
