@@ -47,6 +47,7 @@ from mxserve.common.protocol import (
 from mxserve.common.transport import NOBLOCK, recv_frames, send_frames
 
 CONNECT_WAIT_MS = 250  # ipc connects in well under a millisecond; tcp on a LAN in a few
+CONNECT_WAIT_BROKER_UP_S = 5.0  # a thread's socket on a loaded host, the broker known to be up
 # While the watch says the broker is down (or just came back), a waiting thread looks at its
 # own connection this often; while it says up, only as a safety net for a missed event.
 LIVENESS_CHECK_S = 0.1
@@ -117,18 +118,29 @@ class BrokerClient:
             if self.max_reply_bytes:
                 socket.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
             socket.connect(self.endpoint)
-            # A new socket's connection takes a moment (a dead broker never connects): wait
-            # for it once here, not on every call.
-            if not socket.poll(CONNECT_WAIT_MS, zmq.POLLOUT):
+            assert self._watch is not None  # created with the context
+            if not self._connected(socket):
                 socket.close(0)
                 raise ServiceUnavailable("the model server's broker is not reachable "
                                          "(restarting?)")
-            assert self._watch is not None  # created with the context
             poller = zmq.Poller()  # this socket's replies, and the broker's death
             poller.register(socket, zmq.POLLIN)
             poller.register(self._watch.fd, zmq.POLLIN)
             self._local.socket, self._local.poller = socket, poller
         return socket
+
+    def _connected(self, socket: zmq.Socket) -> bool:
+        """Wait once for a new socket's connection (a dead broker never connects): briefly,
+        and longer only while the watch's own connection shows the broker is there, since
+        a busy host can take a while to connect a thread's socket."""
+        assert self._watch is not None
+        if socket.poll(CONNECT_WAIT_MS, zmq.POLLOUT):
+            return True
+        deadline = time.monotonic() + CONNECT_WAIT_BROKER_UP_S
+        while self._watch.up and time.monotonic() < deadline:
+            if socket.poll(CONNECT_WAIT_MS, zmq.POLLOUT):
+                return True
+        return False
 
     def _reset_socket(self) -> None:
         socket = getattr(self._local, "socket", None)

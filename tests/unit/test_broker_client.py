@@ -101,3 +101,41 @@ def test_a_reply_is_returned_to_the_thread_that_asked(endpoint):
     assert reply.items[0].fields == {"result": "ok"}
     router.close()
     context.term()
+
+
+def test_a_slow_connection_waits_while_the_broker_is_up_and_not_when_it_is_down(
+        endpoint, monkeypatch):
+    """A thread's new socket on a loaded host can take longer than the first wait to
+    connect: with the watch up that is not a dead broker, so it keeps waiting."""
+    context = zmq.Context()
+    router = _broker(context, endpoint)
+    client = BrokerClient(endpoint)
+    try:
+        client._socket()
+        _wait_for(lambda: client._watch.up)
+        real_poll = zmq.Socket.poll
+        slow = {"left": 3}  # the first three waits see no connection yet
+
+        def poll(self, timeout=None, flags=zmq.POLLIN):
+            if flags == zmq.POLLOUT and slow["left"]:
+                slow["left"] -= 1
+                return 0
+            return real_poll(self, timeout, flags)
+
+        monkeypatch.setattr(zmq.Socket, "poll", poll)
+        socket = client._context.socket(zmq.DEALER)
+        socket.connect(endpoint)
+        assert client._connected(socket)
+        socket.close(0)
+        router.close()
+        _wait_for(lambda: not client._watch.up)
+        slow["left"] = 1000
+        late = client._context.socket(zmq.DEALER)
+        late.connect(endpoint)
+        started = time.monotonic()
+        assert not client._connected(late)  # the broker is down: no long wait
+        assert time.monotonic() - started < 1.0
+        late.close(0)
+    finally:
+        router.close()
+        context.term()
