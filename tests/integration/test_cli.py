@@ -58,3 +58,24 @@ def test_a_run_directory_too_deep_for_unix_sockets_is_refused_before_anything_st
     assert done.returncode == 2, done.stderr[-2000:]
     assert "too long for its unix sockets" in done.stderr and "Traceback" not in done.stderr
     assert not list(deep.iterdir())  # the refused run directory is removed again
+
+
+def test_check_manifests_and_probe_refuse_bad_input_without_a_traceback(tmp_path):
+    garbage = tmp_path / "rendered.yaml"
+    garbage.write_text("kind: [unclosed\n")
+    drifted = tmp_path / "drifted.yaml"
+    drifted.write_text("kind: Deployment\nmetadata: {name: x}\nspec: {template: {spec: {"
+                       "containers: [{name: c, command: [python], args: [app.py]}]}}}\n")
+    for args in (["check-manifests", str(garbage)],
+                 ["check-manifests", str(tmp_path / "missing.yaml")],
+                 ["check-manifests", str(garbage.parent / "drifted.yaml"), "--adapter-rules",
+                  str(tmp_path / "none.yaml")]):
+        done = mxserve(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "error:" in done.stderr and "Traceback" not in done.stderr
+    done = mxserve("check-manifests", str(drifted))
+    assert done.returncode == 1 and "not `mxserve start`" in done.stdout
+    bad_env = dict(ENV, MXSERVE_PORT="not-a-port")
+    probe = subprocess.run([sys.executable, "-m", "mxserve.instance.cli", "probe", "livez"],
+                           env=bad_env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 2 and "MXSERVE_PORT" in probe.stderr

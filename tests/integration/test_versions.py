@@ -93,3 +93,23 @@ def test_two_versions_serve_side_by_side_and_the_default_switches(mms1, sample_m
     eventually(lambda: requests.post(f"{mms1.url}/predictions/vdigits", data=digit,
                                      headers=jpeg, timeout=10).status_code == 404, 10,
                "vdigits gone")
+
+
+def test_version_routes_keep_the_guard_and_refuse_what_is_not_there(mms1):
+    admin = mms1.admin
+    for method, path in (("PUT", "/models/digits-mar/1.0/set-default"),
+                         ("PUT", "/models/digits-mar/1.0?min_worker=2"),
+                         ("DELETE", "/models/digits-mar/1.0"),
+                         ("GET", "/models/digits-mar/all")):
+        assert requests.request(method, admin + path, timeout=10).status_code == 401, path
+        assert requests.request(method, mms1.url + path, timeout=10).status_code in (
+            404, 405), path  # never on the inference listener
+    for method, path in (("PUT", "/models/digits-mar/9.9/set-default"),
+                         ("DELETE", "/models/digits-mar/9.9"),
+                         ("GET", "/models/nothing/all"),
+                         ("GET", "/models/digits-mar/..%2F..%2Fetc")):
+        refused = mms1.api.request(method, admin + path, timeout=10)
+        assert refused.status_code == 404, (path, refused.text)
+        assert "Traceback" not in refused.text
+    assert mms1.api.get(f"{admin}/models/digits-mar/all", timeout=10).json()[0][
+        "modelVersion"] == "1.0"

@@ -33,6 +33,7 @@ def test_the_manifest_model_archiver_writes_is_read():
                                                                       "1.0")
     assert parse_mar_manifest(manifest(handler="svc.py")).handler == "svc"
     assert parse_mar_manifest(manifest(handler="pkg.mod")).function == ""
+    assert parse_mar_manifest(manifest(modelVersion=2.1)).version == "2.1"  # torch's --version
 
 
 @pytest.mark.parametrize("raw, words", [
@@ -41,6 +42,10 @@ def test_the_manifest_model_archiver_writes_is_read():
     (manifest(handler="/abs/path"), "model.handler"),
     (manifest(handler="svc:handle:again"), "model.handler"),
     (manifest(modelName="../x"), "invalid model name"),
+    (manifest(modelVersion="../2.0"), "modelVersion"),
+    (manifest(modelVersion="2.0/evil"), "modelVersion"),
+    (manifest(modelVersion="v" * 65), "modelVersion"),
+    (manifest(modelVersion="2@0"), "modelVersion"),
     ({"runtime": "python"}, "model"),
     ([], "invalid"),
 ])
