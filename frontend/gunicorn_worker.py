@@ -29,6 +29,10 @@
    shedding a burst starves the health lane of the GIL), and the app takes the wait off
    the request's deadline (frontend/request_context.py). Shedding by time, not by backlog
    length: a backlog of slow but servable requests is not overload.
+6. A body over the limit is refused (413) before it is read, and the rest of it, still
+   arriving, is read and thrown away on the poller before the socket closes (bounded in
+   bytes and time). Closed with unread data, the socket would send a reset that can
+   destroy the 413 on its way: a proxy still sending the body then answers 502.
 
 Built on gthread's internals of gunicorn 27 (enqueue_req, accept, murder_pending,
 TConn.parser); pyproject.toml pins the major version.
@@ -59,7 +63,7 @@ from mxserve.common.errors import (
     URITooLong,
 )
 from mxserve.frontend import request_context
-from mxserve.frontend.request_reader import CONTINUE, progress, without_expect
+from mxserve.frontend.request_reader import CONTINUE, header_end, progress, without_expect
 
 HEALTH_THREADS = 2
 SWITCH_INTERVAL_S = 0.002
@@ -67,6 +71,8 @@ HEALTH_REQUESTS = (b"GET /ping ", b"GET /ping?", b"GET / ", b"HEAD /ping ", b"HE
                    b"GET /v2/health/")
 PEEK_BYTES = max(len(prefix) for prefix in HEALTH_REQUESTS)
 RECV_BYTES = 256 * 1024
+DISCARD_BYTES = 64 * 1024 * 1024  # at most this much of a refused body is read and dropped
+DISCARD_S = 5.0  # and for at most this long
 
 TYPE_BY_STATUS = {400: InvalidInput.type, 408: RequestTimeout.type, 414: URITooLong.type,
                   431: HeaderFieldsTooLarge.type, 501: NotImplementedByServer.type,
@@ -111,6 +117,7 @@ class ModelServerThreadWorker(ThreadWorker):
         self.max_header_bytes = (self.cfg.limit_request_line + 4 + self.cfg.limit_request_fields
                                  * (self.cfg.limit_request_field_size + 2))
         self.reading: dict[Any, None] = {}  # connections whose request is still arriving
+        self.discarding: dict[Any, None] = {}  # refused oversized bodies still arriving
         super().init_process()
 
     def load_wsgi(self) -> None:
@@ -172,6 +179,9 @@ class ModelServerThreadWorker(ThreadWorker):
                     _send(conn.sock, CONTINUE)
             return False
         request = without_expect(conn.inbox) if conn.answered_continue else conn.inbox
+        conn.unread_body = 0
+        if state.body_length > self.limits.max_body_bytes:  # refused: the rest still comes
+            conn.unread_body = state.body_length - (len(conn.inbox) - header_end(conn.inbox))
         conn.inbox = None
         if self.reading.pop(conn, 0) is None:
             self.poller.unregister(conn.sock)
@@ -193,6 +203,46 @@ class ModelServerThreadWorker(ThreadWorker):
         now = time.monotonic()
         for conn in [c for c in self.reading if c.read_deadline <= now]:
             self._drop(conn, TOO_LATE if conn.inbox else b"")
+        for conn in [c for c in self.discarding if c.read_deadline <= now]:
+            self._discarded(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """A connection closing after a refused oversized body reads the rest first."""
+        if getattr(conn, "unread_body", 0) > 0 and not _keeps_alive(fs):
+            self._discard(conn)
+            return
+        super().finish_request(conn, fs)
+
+    def _discard(self, conn: Any) -> None:
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # the answer is out: FIN now
+        except OSError:
+            self.nr_conns -= 1
+            util.close(conn.sock)
+            return
+        conn.sock.setblocking(False)
+        conn.unread_body = min(conn.unread_body, DISCARD_BYTES)
+        conn.read_deadline = time.monotonic() + DISCARD_S
+        self.discarding[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             partial(self.on_discarded_bytes, conn))
+
+    def on_discarded_bytes(self, conn: Any, _sock: Any) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.unread_body -= len(data)
+        if not data or conn.unread_body <= 0:
+            self._discarded(conn)
+
+    def _discarded(self, conn: Any) -> None:
+        del self.discarding[conn]
+        self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        util.close(conn.sock)
 
     def _drop(self, conn: Any, answer: bytes = b"") -> None:
         if self.reading.pop(conn, 0) is None:
@@ -208,6 +258,14 @@ class ModelServerThreadWorker(ThreadWorker):
     def handle_quit(self, sig: Any, frame: Any) -> None:
         self.health_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
+
+
+def _keeps_alive(fs: Any) -> bool:
+    """Whether gthread keeps the connection after this request (its handle()'s result)."""
+    try:
+        return bool(fs.result()) if not fs.cancelled() else False
+    except Exception:
+        return False
 
 
 def _send(sock: socket.socket, data: bytes) -> None:

@@ -108,3 +108,18 @@ def closed_or_answer(sock: socket.socket) -> bytes:
     while b"\r\n\r\n" not in data:
         data += sock.recv(4096)
     return data
+
+
+def test_a_refused_oversized_body_is_read_to_its_end_so_the_413_arrives(guarded):
+    """A client (or a proxy) that sends its whole body before reading the answer gets the
+    413, not a reset: the server reads and drops the rest of a refused body."""
+    body = b"\0" * (8 * 1024 * 1024)  # over max_body_bytes (6.25 MiB)
+    sock = socket.create_connection(("127.0.0.1", guarded.port), timeout=10)
+    sock.sendall(b"POST /digits/predict HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: multipart/form-data; boundary=b\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body))
+    sock.sendall(body)  # a reset would fail this, or the reads below
+    answer = closed_by_server(sock, 10)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"PayloadTooLarge"' in answer
+    assert requests.get(guarded.url + "/ping", timeout=2).status_code == 200
