@@ -6,7 +6,7 @@ MODELS ?= sample-models
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install models test unit lint serve bench example clean system-deps
+.PHONY: install models test unit lint serve bench example clean system-deps node-deps
 
 # The embedding example (docs/embedding.md): ServingFrontend with a custom service + endpoint.
 example: models
@@ -43,10 +43,21 @@ system-deps:
 	    && command -v ab >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install \
 	    -y -q --no-install-recommends nginx wrk apache2-utils)
 
+# prometheus-operator's CRD schemas, with their validator, from the npm registry: the
+# ServiceMonitor is checked against them (tests/unit/test_deploy_manifests.py). Node.js from
+# apt-get when missing.
+NPM_DIR := build/npm
+PROMETHEUS_MODELS := @kubernetes-models/prometheus-operator@6.0.0
+node-deps:
+	@command -v node >/dev/null && command -v npm >/dev/null || ($(SUDO) apt-get update -q \
+	    && $(SUDO) apt-get install -y -q --no-install-recommends nodejs npm)
+	@[ -d $(NPM_DIR)/node_modules/@kubernetes-models/prometheus-operator ] || \
+	    npm install --prefix $(NPM_DIR) --no-audit --no-fund --silent $(PROMETHEUS_MODELS)
+
 # Two test processes, one file each at a time: most of a stack test is waiting on the stack,
 # and a file keeps its module-scoped server. TEST_PROCESSES=0 runs them in this process.
 TEST_PROCESSES ?= 2
-test: lint system-deps
+test: lint system-deps node-deps
 	$(PY) scripts/make_sample_models.py --out $(MODELS)
 	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile tests
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -22,8 +23,32 @@ from tests import deploy_files
 from tests.deploy_files import KSERVE, KUBERNETES, adapter_rules, edited, one, render, stages
 
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests are written for
-# Kinds of operators the cluster may not have: checked by the structural tests below.
+# Kinds of operators the cluster may not have: checked against the operator's own CRD
+# schema, from npm's @kubernetes-models/prometheus-operator (`make node-deps`).
 OPERATOR_KINDS = {"ServiceMonitor"}
+NPM = deploy_files.ROOT / "build" / "npm"
+SERVICE_MONITOR_CHECK = """\
+import { readFileSync } from "node:fs";
+import { ServiceMonitor } from
+    "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
+try {
+  new ServiceMonitor(JSON.parse(readFileSync(0, "utf8"))).validate();
+} catch (error) {
+  console.log(error.message);
+  process.exit(1);
+}
+"""
+
+
+def operator_schema_errors(document: dict) -> str:
+    """What prometheus-operator's CRD schema says of a ServiceMonitor ("" when valid)."""
+    assert (NPM / "node_modules" / "@kubernetes-models").is_dir(), "run make node-deps"
+    script = NPM / "check_service_monitor.mjs"  # beside node_modules: ESM resolves from here
+    if not script.exists() or script.read_text() != SERVICE_MONITOR_CHECK:
+        script.write_text(SERVICE_MONITOR_CHECK)
+    done = subprocess.run(["node", str(script)], input=json.dumps(document), text=True,
+                          capture_output=True, timeout=60)
+    return "" if done.returncode == 0 else (done.stdout + done.stderr).strip() or "invalid"
 
 
 @pytest.fixture(scope="module", params=deploy_files.OVERLAYS)
@@ -37,8 +62,18 @@ def test_every_manifest_is_valid_against_the_kubernetes_api_schemas(overlay):
     assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy",
             "HorizontalPodAutoscaler", "ServiceMonitor"} <= kinds, name
     for document in documents:
-        if document["kind"] not in OPERATOR_KINDS:
+        if document["kind"] in OPERATOR_KINDS:
+            assert operator_schema_errors(document) == "", document["kind"]
+        else:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_operator_schema_refuses_a_bad_service_monitor():
+    monitor = edited([one(render(KUBERNETES / "overlays" / "cpu"), "ServiceMonitor")])[0]
+    monitor["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    assert "interval" in operator_schema_errors(monitor)
+    del monitor["spec"]["selector"]
+    assert operator_schema_errors(monitor)
 
 
 def test_strict_validation_refuses_a_misspelled_field(overlay):
