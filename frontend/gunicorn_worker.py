@@ -153,12 +153,9 @@ class ModelServerThreadWorker(ThreadWorker):
                                  partial(self.on_request_bytes, conn))
 
     def on_request_bytes(self, conn: Any, _sock: Any) -> None:
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _received(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client went away
             self._drop(conn)
             return
@@ -228,12 +225,9 @@ class ModelServerThreadWorker(ThreadWorker):
                              partial(self.on_discarded_bytes, conn))
 
     def on_discarded_bytes(self, conn: Any, _sock: Any) -> None:
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _received(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.unread_body -= len(data)
         if not data or conn.unread_body <= 0:
             self._discarded(conn)
@@ -258,6 +252,17 @@ class ModelServerThreadWorker(ThreadWorker):
     def handle_quit(self, sig: Any, frame: Any) -> None:
         self.health_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
+
+
+def _received(sock: socket.socket) -> bytes | None:
+    """What a readable non-blocking socket holds: None if nothing after all, b"" if the
+    peer closed or the connection failed."""
+    try:
+        return sock.recv(RECV_BYTES)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 def _keeps_alive(fs: Any) -> bool:

@@ -113,7 +113,7 @@ def closed_or_answer(sock: socket.socket) -> bytes:
 def test_a_refused_oversized_body_is_read_to_its_end_so_the_413_arrives(guarded):
     """A client (or a proxy) that sends its whole body before reading the answer gets the
     413, not a reset: the server reads and drops the rest of a refused body."""
-    body = b"\0" * (8 * 1024 * 1024)  # over max_body_bytes (6.25 MiB)
+    body = b"\0" * (8 * 1024 * 1024)  # over the default max_body_bytes
     sock = socket.create_connection(("127.0.0.1", guarded.port), timeout=10)
     sock.sendall(b"POST /digits/predict HTTP/1.1\r\nHost: x\r\n"
                  b"Content-Type: multipart/form-data; boundary=b\r\n"
