@@ -61,18 +61,14 @@ class Snapshot:
     def key_of(self, model: str, version: str | None = None) -> str | None:
         """The broker's key for a model's version: its default version when None (the
         model's name, or name@version after the default moved to a later one)."""
-        models = self.raw["models"]
         if version is None:
-            defaults = self.raw.get("defaults")
-            return defaults.get(model) if defaults is not None else (
-                model if model in models else None)
-        return next((key for key, entry in models.items()
-                     if entry.get("model_name", key) == model
-                     and entry.get("version") == version), None)
+            return self.raw["defaults"].get(model)
+        return next((key for key, entry in self.raw["models"].items()
+                     if entry["model_name"] == model and entry["version"] == version), None)
 
     def versions(self, model: str) -> list[str]:
-        return sorted(entry.get("version", "") for key, entry in self.raw["models"].items()
-                      if entry.get("model_name", key) == model)
+        return sorted(entry["version"] for entry in self.raw["models"].values()
+                      if entry["model_name"] == model)
 
 
 class Catalog:
@@ -120,18 +116,6 @@ class Catalog:
                 return snapshot
             return self.fetch()
 
-    def snapshot_for(self, model: str) -> Snapshot:
-        """The current snapshot, refreshed first if it does not know `model`."""
-        snapshot = self.current()
-        if not snapshot.knows(model):
-            since = time.monotonic() - UNKNOWN_MODEL_FRESH_S
-            if snapshot.fetched < since:
-                snapshot = self._recent(since)
-        return snapshot
-
-    def signature(self, model: str) -> Signature | None:
-        return self.snapshot_for(model).signatures.get(model)
-
     def served(self, model: str, version: str | None = None) -> tuple[Snapshot, str]:
         """The snapshot and the broker key that serve `model` (its default version, or
         `version`), refreshed first if the current snapshot has no such model; else 404."""
@@ -156,8 +140,7 @@ class Catalog:
     def not_loaded(self, model: str) -> ModelNotFound:
         """The 404 for a model that is not loaded, naming the loaded ones."""
         snapshot = self.current()
-        loaded = sorted(snapshot.raw.get("defaults") or [*snapshot.signatures,
-                                                         *snapshot.handlers])
+        loaded = sorted(snapshot.raw["defaults"])
         listing = ", ".join(loaded[:MODELS_LISTED]) + (
             f" and {len(loaded) - MODELS_LISTED} more" if len(loaded) > MODELS_LISTED else "")
         return ModelNotFound(f"model {model[:NAME_ECHOED]!r} is not loaded; loaded "

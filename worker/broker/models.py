@@ -69,7 +69,7 @@ class ModelRegistry:
         # what /readyz waits for: named ones, else every model given at start
         self.required = frozenset(config.required_models) or self.configured
         # each model name's default version (its key), which routes without a version reach
-        self.defaults = {model.name or key: key for key, model in self.models.items()}
+        self.defaults = {model.name: key for key, model in self.models.items()}
 
     def restore_saved(self) -> None:
         """Models a previous broker had registered at run time are registered again."""
@@ -137,7 +137,7 @@ class ModelRegistry:
     def _key_for(self, name: str, version: str) -> str:
         """A new version's key: its name for the first, name@version for the others."""
         taken = {model.version: key for key, model in self.models.items()
-                 if (model.name or key) == name}
+                 if model.name == name}
         if version in taken or "" in taken:
             key = taken.get(version, taken.get("", name))
             raise Conflict(f"a model named {name!r} is already registered"
@@ -305,9 +305,9 @@ class ModelRegistry:
                                 for w in sorted(model.workers)],
                 "loaded_at_startup": name in self.configured,
                 "required": name in self.required,
-                "model_name": model.name or name,
+                "model_name": model.name,
                 "version": model.version,
-                "default": self.defaults.get(model.name or name) == name,
+                "default": self.defaults.get(model.name) == name,
                 "source": model.source,
                 "threads_per_worker": next((s.threads for s in self.pool.specs
                                             if s.model == name), 0),
