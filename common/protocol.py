@@ -141,6 +141,18 @@ class Disconnect(NamedTuple):
     load_error: str = ""  # a worker about to exit 3: why its model cannot load
 
 
+def version_key(name: str, version: str) -> str:
+    """The broker's key of a model's later version (its first keeps the plain name); model
+    names cannot hold '@', so a key splits back into both."""
+    return f"{name}@{version}"
+
+
+def key_parts(key: str) -> tuple[str, str]:
+    """(name, version) of a key; version "" for a model's first version."""
+    name, _, version = key.partition("@")
+    return name, version
+
+
 class Manage(NamedTuple):
     op: str  # register, unregister, scale, set_default
     name: str = ""  # register: the model's name; the others: its key (name@version or name)

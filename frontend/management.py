@@ -52,6 +52,7 @@ from mxserve.common.archive import ExtractionLimits, load_archive
 from mxserve.common.config import Config
 from mxserve.common.errors import ArchiveError, Forbidden, InvalidInput, ModelNotFound, NotFound
 from mxserve.common.management_token import token_of
+from mxserve.common.protocol import key_parts
 from mxserve.common.url_allowlist import parse_allowlist
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.catalog import Catalog
@@ -113,12 +114,12 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     def known(key: str) -> dict[str, Any]:
         model = models().get(key)
         if model is None:
-            raise ModelNotFound(f"model {key.partition('@')[0]!r} is not registered")
+            raise ModelNotFound(f"model {key_parts(key)[0]!r} is not registered")
         return model
 
     def label(key: str) -> str:
         """How a status names a model: a later version with its version."""
-        name, _, version = key.partition("@")
+        name, version = key_parts(key)
         return f'"{name}" version {version}' if version else f'"{name}"'
 
     @app.get("/metrics")
@@ -240,7 +241,7 @@ def description(name: str, model: dict[str, Any]) -> dict[str, Any]:
     return {
         "modelName": name,
         "modelVersion": model.get("version") or "1.0",
-        "isDefault": model.get("default", True),
+        "isDefault": model["default"],
         "modelUrl": model.get("source") or name,
         "runtime": "python",
         "minWorkers": model.get("workers"),

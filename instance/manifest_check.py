@@ -22,7 +22,8 @@ from mxserve.common.errors import ConfigError
 from mxserve.common.metrics import QUEUE_DEPTH, WORKERS_READY
 from mxserve.instance.launcher import STOP_MARGIN_S, build_parser
 
-EXPORTED_METRICS = frozenset({QUEUE_DEPTH._name, WORKERS_READY._name})
+EXPORTED_METRICS = frozenset(family.name for gauge in (QUEUE_DEPTH, WORKERS_READY)
+                             for family in gauge.describe())
 GUNICORN_STOP_S = 5  # gunicorn's own stop, with nothing left in flight
 PORT_SETTINGS = {"http": "port", "grpc": "grpc_port", "management": "management_port"}
 PROBE_PATHS = {"readinessProbe": "/readyz", "livenessProbe": "/livez", "startupProbe": "/livez"}

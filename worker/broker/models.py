@@ -19,7 +19,7 @@ from mxserve.common.errors import (
     MXServeError,
     ProtocolError,
 )
-from mxserve.common.protocol import ERROR, RESULT, Manage, read_fields
+from mxserve.common.protocol import ERROR, RESULT, Manage, read_fields, version_key
 from mxserve.common.settings import MAX_BATCH_DELAY_MS, MAX_WORKERS_PER_MODEL
 from mxserve.worker.broker.pool import WorkerPool, WorkerSpec, plan_workers
 from mxserve.worker.broker.saved_models import SavedModels
@@ -143,7 +143,7 @@ class ModelRegistry:
             raise Conflict(f"a model named {name!r} is already registered"
                            + (f" at version {version}" if version in taken else "")
                            + (" (still being removed)" if self.models[key].removing else ""))
-        return f"{name}@{version}" if taken else name
+        return version_key(name, version) if taken else name
 
     def _add_model(self, command: Manage) -> dict[str, Any]:
         archive = load_archive(Path(command.folder), name=command.name)
