@@ -164,36 +164,48 @@ class Manage(NamedTuple):
 
 
 R = TypeVar("R", bound=tuple)
-_FLOAT = (int, float)
+_REQUIRED = object()
 
 
-def _field_types(record: type) -> tuple[tuple[str, Any], ...]:
-    types = get_type_hints(record)
-    return tuple((name, _FLOAT if types[name] is float else types[name])
-                 for name in record._fields)  # type: ignore[attr-defined]
+def _field_specs(record: type) -> tuple[tuple[str, frozenset[type] | None, Any], ...]:
+    """(name, the exact types it may have or None for any, its default) per field. Exact
+    types, because msgpack decodes to exact ints, floats, bools and strs, and a bool must
+    never pass for a number; a float field also takes an int."""
+    hints = get_type_hints(record)
+    defaults = record._field_defaults  # type: ignore[attr-defined]
+    specs = []
+    for name in record._fields:  # type: ignore[attr-defined]
+        kind = hints[name]
+        allowed = None if kind is Any else frozenset((int, float) if kind is float else (kind,))
+        specs.append((name, allowed, defaults.get(name, _REQUIRED)))
+    return tuple(specs)
 
 
-_TYPES: dict[type, tuple[tuple[str, Any], ...]] = {
-    record: _field_types(record)
+_SPECS: dict[type, tuple[tuple[str, frozenset[type] | None, Any], ...]] = {
+    record: _field_specs(record)
     for record in (Ready, Request, RequestItem, Reply, Disconnect, Manage)}
 
 
 def read_fields(record: type[R], fields: Mapping[str, Any]) -> R:
     """A kind's fields as its record; ProtocolError for a wrong type or a missing field
-    (fields it does not declare are ignored)."""
-    values = {}
-    for name, kind in _TYPES[record]:
-        if name in fields:
-            value = fields[name]
-            values[name] = value if kind is Any else typed_field(fields, name, kind)
-    try:
-        return record(**values)
-    except TypeError as exc:
-        raise ProtocolError(f"{record.__name__}: {exc}") from exc
+    (fields it does not declare are ignored). Run several times per request on every hop,
+    so the record is built as a tuple directly rather than through its keyword __new__."""
+    values = []
+    for name, allowed, default in _SPECS[record]:
+        value = fields.get(name, _REQUIRED)
+        if value is _REQUIRED:
+            if default is _REQUIRED:
+                raise ProtocolError(f"{record.__name__}: field {name!r} is missing")
+            value = default
+        elif allowed is not None and type(value) not in allowed:
+            raise ProtocolError(f"{record.__name__}: field {name!r} has the wrong type "
+                                f"({type(value).__name__})")
+        values.append(value)
+    return tuple.__new__(record, values)
 
 
 def fields_of(record: NamedTuple) -> dict[str, Any]:
-    return record._asdict()
+    return dict(zip(record._fields, record))
 
 
 def error_item(item_id: str, error: MXServeError) -> Item:
@@ -311,19 +323,6 @@ def _array(descriptor: Any, frame: Any) -> tuple[str, Any]:
         raise ProtocolError(f"array {name!r}: shape {shape} of {dtype} needs {expected} bytes, "
                             f"frame has {len(buffer)}")
     return name, np.frombuffer(buffer, dtype=dt).reshape(shape)
-
-
-def typed_field(fields: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
-                default: Any = None) -> Any:
-    """`fields[name]` if it has the type `kind` (a bool is never a number), `default` if
-    absent; ProtocolError otherwise."""
-    value = fields.get(name, default)
-    if value is default:
-        return value
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (
-            kind if isinstance(kind, tuple) else (kind,))):
-        raise ProtocolError(f"field {name!r} has the wrong type ({type(value).__name__})")
-    return value
 
 
 def answer_json(value: Any) -> bytes:

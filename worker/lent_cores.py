@@ -29,8 +29,7 @@ import logging
 import queue
 import threading
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +48,17 @@ class LentCores:
         self.forward_ms = 0.0  # moving average: the first forwards always run at home
         self._runners: dict[int, _WideThread] = {}
 
-    @contextmanager
-    def lending(self, threads: int) -> Iterator[None]:
-        """Serve one batch with `threads` lent by the broker (0: none)."""
+    def lending(self, threads: int) -> LentCores:
+        """Serve one batch with `threads` lent by the broker (0: none), as `with
+        lent.lending(n):`; a plain context manager, because this runs for every batch."""
         self.lent_threads = threads
-        try:
-            yield
-        finally:
-            self.lent_threads = 0
+        return self
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.lent_threads = 0
 
     def run(self, forward: Callable[[], T]) -> T:
         """Run an executor's forward, on lent cores when the batch being served has some."""

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mxserve.common.config import load_config
 from mxserve.common.errors import ProtocolError
-from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames, typed_field
+from mxserve.common.protocol import Item, Kind, Message, from_frames, to_frames
 from mxserve.worker.broker.loop import Broker
 
 values = st.recursive(
@@ -54,11 +54,3 @@ def test_no_message_kills_the_broker(broker, message, identity):
         assert set(answer) <= {"result", "error"}
     broker.scheduler.dispatch(0.0)
     broker.scheduler.expire(math.inf)
-
-
-def test_typed_fields():
-    assert typed_field({"a": 1.5}, "a", (int, float)) == 1.5
-    assert typed_field({}, "a", int, 7) == 7
-    for bad in ({"a": "x"}, {"a": True}, {"a": [1]}):
-        with pytest.raises(ProtocolError):
-            typed_field(bad, "a", (int, float))

@@ -128,9 +128,15 @@ def test_each_kinds_fields_are_read_with_their_declared_types():
     assert read_fields(Ready, fields_of(ready)) == ready
     assert read_fields(RequestItem, {"budget_ms": 5}).budget_ms == 5  # an int is a float
     assert read_fields(Ready, {"model": "m", "unknown": object()}).device == "?"
-    for bad in ({"model": 3}, {"model": "m", "pid": True}, {"model": "m", "pid": 1.5}, {}):
+    assert read_fields(RequestItem, {"budget_ms": 1.5, "outputs": {"x": 1}}).outputs == {"x": 1}
+    for bad in ({"model": 3}, {"model": None}, {"model": "m", "pid": True},
+                {"model": "m", "pid": 1.5}, {}):
         with pytest.raises(ProtocolError):
             read_fields(Ready, bad)
+    for bad in ({"budget_ms": "x"}, {"budget_ms": True}, {"budget_ms": [1]},
+                {"encoded_images": 1}):
+        with pytest.raises(ProtocolError):
+            read_fields(RequestItem, bad)
 
 
 def test_errors_cross_per_item_and_keep_their_type():

@@ -106,9 +106,11 @@ class Scheduler:
                 batch: list[Pending] = []
                 while model.queue and len(batch) < size:
                     batch.append(model.queue.popleft())
-                items = [Item(p.item.id, fields_of(p.asked._replace(
-                    budget_ms=max(0.0, (p.deadline - now) * 1000.0))), p.item.arrays)
-                    for p in batch]
+                items = []
+                for p in batch:
+                    fields = fields_of(p.asked)
+                    fields["budget_ms"] = max(0.0, (p.deadline - now) * 1000.0)
+                    items.append(Item(p.item.id, fields, p.item.arrays))
                 worker.batch = {p.item.id: p for p in batch}
                 model.batches += 1
                 model.batched += len(batch)
@@ -235,10 +237,11 @@ class Scheduler:
             pending = worker.batch.pop(item.id, None)
             if pending is None:
                 continue  # already answered (expired, or the worker was presumed dead)
-            timing = reply._replace(
-                batch_size=len(message.items), worker_ms=worker_ms,
-                queue_ms=round((worker.batch_started - pending.received) * 1000.0, 3))
-            self._to_frontend(pending.frontend, Message(Kind.REPLY, fields_of(timing), [
+            timing = fields_of(reply)
+            timing["batch_size"] = len(message.items)
+            timing["worker_ms"] = worker_ms
+            timing["queue_ms"] = round((worker.batch_started - pending.received) * 1000.0, 3)
+            self._to_frontend(pending.frontend, Message(Kind.REPLY, timing, [
                 Item(pending.item.id, dict(item.fields), item.arrays)]))
         for pending in worker.batch.values():
             self.fail(pending, ServiceUnavailable("the worker answered without this request"))
