@@ -107,6 +107,7 @@ class ModelServerThreadWorker(ThreadWorker):
     a connection cap, JSON refusals and timed waits for a thread (module docstring)."""
 
     def init_process(self) -> None:
+        self.cfg = SettledConfig(self.cfg)
         # The accepting thread releases the GIL at every syscall and must win it back from
         # up to `threads` busy request threads: a short switch interval keeps health checks
         # prompt during bursts without costing the request threads much.
@@ -252,6 +253,21 @@ class ModelServerThreadWorker(ThreadWorker):
     def handle_quit(self, sig: Any, frame: Any) -> None:
         self.health_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
+
+
+class SettledConfig:
+    """gunicorn's Config as a frontend process reads it: each setting looked up once, then a
+    plain attribute. Config resolves every `cfg.name` through a Python __getattr__ (and some
+    through properties), dozens of times per request; a forked worker's settings never
+    change (a reload forks new workers)."""
+
+    def __init__(self, cfg: Any) -> None:
+        self._cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._cfg, name)
+        setattr(self, name, value)
+        return value
 
 
 def _received(sock: socket.socket) -> bytes | None:
