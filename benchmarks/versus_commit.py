@@ -1,9 +1,11 @@
-"""This checkout against an earlier commit on the noop model, side by side: a fresh server
-of each in turn (the order alternating), wrk at 32 connections; prints each pair's
-throughput and CPU-per-request ratios (this / earlier) and their medians. A whole-server
-comparison that does not depend on the plain Flask baseline's drift.
+"""This checkout against an earlier commit on the noop model: both servers up side by side
+(an idle one costs nothing), wrk at 32 connections on each in turn, the order alternating
+per pair; prints each pair's throughput and CPU-per-request ratios (this / earlier), their
+medians and a bootstrap 95 % interval of each median. A whole-server comparison that does
+not depend on the plain Flask baseline's drift; many short pairs, because this VM's speed
+drifts by more than the differences looked for.
 
-    python benchmarks/versus_commit.py 140797c [--pairs 4] [--duration 8]
+    python benchmarks/versus_commit.py 140797c [--pairs 20] [--duration 6]
 
 The earlier commit is checked out into a temporary git worktree and run from there; it
 must predate the `mxserve` package layout (its CLI is `python -m common.cli`), because this
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -45,11 +48,25 @@ class EarlierStack(Stack):
         self._wait_ready(self.url + "/ping", "the earlier commit's server")
 
 
+def median_interval(ratios: list[float], draws: int = 4000) -> tuple[float, float]:
+    """A bootstrap 95 % interval of the median of per-pair ratios."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
+                     for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
+def summary(what: str, ratios: list[float]) -> str:
+    low, high = median_interval(ratios)
+    return (f"{what} median {statistics.median(ratios):.3f} (95 % interval {low:.3f}-"
+            f"{high:.3f}; {sum(r > 1 for r in ratios)} of {len(ratios)} pairs above 1)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("commit", help="the earlier commit (it must have common/cli.py)")
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "sample-models")
     args = parser.parse_args()
     archive = args.models_dir / "noop.model"
@@ -57,21 +74,21 @@ def main() -> None:
         tree = Path(scratch) / "tree"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree),
                         args.commit], check=True, capture_output=True)
+        stacks: dict[str, Stack] = {}
         try:
             if not (tree / "common" / "cli.py").is_file():
                 sys.exit(f"{args.commit} has no common/cli.py: it is not the pre-package "
                          "layout this script runs")
+            stacks["earlier"] = EarlierStack(tree, archive)
+            stacks["this"] = Stack("noop", archive, "--workers-per-model", "1")
+            for stack in stacks.values():  # warm-up, not counted
+                run_wrk(stack, "noop", args.models_dir, 32, 2)
             throughput, cpu = [], []
             for i in range(args.pairs):
-                figures = {}
-                for side in (("earlier", "this") if i % 2 == 0 else ("this", "earlier")):
-                    stack = (EarlierStack(tree, archive) if side == "earlier" else
-                             Stack("noop", archive, "--workers-per-model", "1"))
-                    try:
-                        figures[side] = run_wrk(stack, "noop", args.models_dir, 32,
-                                                args.duration)
-                    finally:
-                        stack.stop()
+                figures = {side: run_wrk(stacks[side], "noop", args.models_dir, 32,
+                                         args.duration)
+                           for side in (("earlier", "this") if i % 2 == 0
+                                        else ("this", "earlier"))}
                 this, earlier = figures["this"], figures["earlier"]
                 throughput.append(this["requests_per_s"] / earlier["requests_per_s"])
                 cpu.append(this["server_cpu_ms_per_request"]
@@ -80,11 +97,12 @@ def main() -> None:
                       f"{this['server_cpu_ms_per_request']:.3f} ms CPU/req, earlier "
                       f"{earlier['requests_per_s']:.0f} req/s "
                       f"{earlier['server_cpu_ms_per_request']:.3f} ms CPU/req", flush=True)
-            print(f"this / {args.commit}, noop at 32 connections, {args.pairs} pairs: "
-                  f"throughput median {statistics.median(throughput):.3f} "
-                  f"({', '.join(f'{r:.3f}' for r in throughput)}); CPU per request median "
-                  f"{statistics.median(cpu):.3f} ({', '.join(f'{r:.3f}' for r in cpu)})")
+            print(f"this / {args.commit}, noop at 32 connections, {args.pairs} pairs of "
+                  f"{args.duration:g} s: {summary('throughput', throughput)}; "
+                  f"{summary('CPU per request', cpu)}")
         finally:
+            for stack in stacks.values():
+                stack.stop()
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                            capture_output=True)
 
