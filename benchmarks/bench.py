@@ -128,9 +128,29 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+# The dependencies on every request's path: unpinned, so a fresh machine may install newer
+# ones, and figures from runs on different days compare only with the same versions.
+HOT_PATH_PACKAGES = ("pyzmq", "msgpack", "gunicorn", "flask", "werkzeug", "multipart",
+                     "numpy", "prometheus_client", "mxnet")
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in HOT_PATH_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
 def markdown(results: dict) -> str:
+    packages = ", ".join(f"{k} {v}" for k, v in results.get("packages", {}).items())
     lines = [f"Measured {results['date']} on {results['machine']['cpus']} CPUs "
-             f"({results['machine']['processor']}), `{results['command']}`.", "",
+             f"({results['machine']['processor']}), `{results['command']}`.",
+             *([f"Packages: {packages}."] if packages else []), "",
              "| run | connections | req/s | p50 ms | p90 ms | p99 ms | non-2xx | server CPU "
              "ms/req | peak PSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for label, run in results["served"].items():
@@ -178,6 +198,7 @@ def main() -> None:
         "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or
                     platform.machine(), "python": platform.python_version()},
+        "packages": package_versions(),
         "limit": {}, "served": {},
     }
     def limit_of(model: str, when: str) -> dict:
