@@ -182,13 +182,17 @@ def run_wrk(stack: Stack, model: str, models_dir: Path, connections: int,
 
 
 def alternating(stacks: dict[str, Stack], model: str, models_dir: Path, connections: int,
-                rounds: int, seconds: float) -> dict[str, list[dict]]:
+                rounds: int, seconds: float, rotate: bool = False) -> dict[str, list[dict]]:
     """Each server in turn under wrk, `rounds` times. The servers run side by side (an idle
-    one costs nothing), so drift hits all alike."""
+    one costs nothing), so drift hits all alike. `rotate`: each round starts with the next
+    server, so that none always runs first."""
     runs: dict[str, list[dict]] = {label: [] for label in stacks}
-    for _ in range(rounds):
-        for label, stack in stacks.items():
-            runs[label].append(run_wrk(stack, model, models_dir, connections, seconds))
+    labels = list(stacks)
+    for i in range(rounds):
+        start = i % len(labels) if rotate else 0
+        for label in labels[start:] + labels[:start]:
+            runs[label].append(run_wrk(stacks[label], model, models_dir, connections,
+                                       seconds))
     return runs
 
 

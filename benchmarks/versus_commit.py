@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from served import ROOT, Stack, free_port, run_wrk  # noqa: E402
+from served import ROOT, Stack, alternating, free_port, run_wrk  # noqa: E402
 
 
 class EarlierStack(Stack):
@@ -83,20 +83,17 @@ def main() -> None:
             stacks["this"] = Stack("noop", archive, "--workers-per-model", "1")
             for stack in stacks.values():  # warm-up, not counted
                 run_wrk(stack, "noop", args.models_dir, 32, 2)
+            runs = alternating(stacks, "noop", args.models_dir, 32, args.pairs,
+                               args.duration, rotate=True)
             throughput, cpu = [], []
-            for i in range(args.pairs):
-                figures = {side: run_wrk(stacks[side], "noop", args.models_dir, 32,
-                                         args.duration)
-                           for side in (("earlier", "this") if i % 2 == 0
-                                        else ("this", "earlier"))}
-                this, earlier = figures["this"], figures["earlier"]
+            for i, (this, earlier) in enumerate(zip(runs["this"], runs["earlier"])):
                 throughput.append(this["requests_per_s"] / earlier["requests_per_s"])
                 cpu.append(this["server_cpu_ms_per_request"]
                            / earlier["server_cpu_ms_per_request"])
                 print(f"pair {i + 1}: this {this['requests_per_s']:.0f} req/s "
                       f"{this['server_cpu_ms_per_request']:.3f} ms CPU/req, earlier "
                       f"{earlier['requests_per_s']:.0f} req/s "
-                      f"{earlier['server_cpu_ms_per_request']:.3f} ms CPU/req", flush=True)
+                      f"{earlier['server_cpu_ms_per_request']:.3f} ms CPU/req")
             print(f"this / {args.commit}, noop at 32 connections, {args.pairs} pairs of "
                   f"{args.duration:g} s: {summary('throughput', throughput)}; "
                   f"{summary('CPU per request', cpu)}")
