@@ -56,6 +56,10 @@ WORKERS_READY = Gauge("mxserve_workers_ready", "Workers ready for the model", ["
                       multiprocess_mode="livemax")
 WORKERS_PLANNED = Gauge("mxserve_workers", "Workers the model should have", ["model"],
                         multiprocess_mode="livemax")
+HANDLER_METRICS_DROPPED = Counter(
+    "mxserve_dropped_handler_metrics", "Metrics an MMS 1.x handler recorded through "
+    "context.metrics that were not kept: past the model's bound on distinct series, not a "
+    "finite number, or a name already used with another kind", ["model"])
 WORKER_RESTARTS = Counter("mxserve_worker_restarts", "Worker processes restarted after "
                           "exiting", ["model"])
 

@@ -73,6 +73,7 @@ RESULT = "result"  # the item field of a CATALOG or MANAGE reply's result
 ERROR = "error"  # the item field of an error, as MXServeError.to_wire() writes it
 CONTENT_TYPE = "content_type"  # reply item field: an MMS 1.x handler's answer's media type
 STATUS = "status"  # reply item field: the HTTP status an MMS 1.x handler set
+HEADERS = "headers"  # reply item field: the other response headers an MMS 1.x handler set
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -133,6 +134,10 @@ class Reply(NamedTuple):
     decode_ms: float = 0.0  # decoding images that arrived encoded
     worker_ms: float = 0.0  # broker -> frontend: the hop to the worker and back, inference in
     queue_ms: float = 0.0  # broker -> frontend: waiting in the broker's queue
+    # worker -> broker: what an MMS 1.x handler recorded through context.metrics, as
+    # [kind, name, unit, [[dimension, value], ...], value] entries, and how many it dropped
+    handler_metrics: Any = None
+    handler_metrics_dropped: int = 0
 
 
 class Disconnect(NamedTuple):

@@ -31,10 +31,11 @@ from mxserve.frontend.openapi import build_spec
 from mxserve.frontend.predict import TensorPredictor, predict_route
 from mxserve.frontend.predictions import predictions_routes
 from mxserve.frontend.probes import add_probe_routes
+from mxserve.frontend.protocol_errors import ERROR_ANSWERS
 from mxserve.frontend.request_context import CLIENT_LIMITS_KEY, ClientLimits
 from mxserve.frontend.request_path import RequestPath
 from mxserve.frontend.v2_inference import V2Inference
-from mxserve.frontend.v2_rest import v2_error_answer, v2_routes
+from mxserve.frontend.v2_rest import v2_routes
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def create_app(config: Config | None = None, endpoints: Sequence[CustomEndpoint]
               *predictions_routes(config, catalog, tensors, handlers),
               *v2_routes(inference, catalog, installed_version(), config.max_body_bytes,
                          config.max_json_elements)],
-        config.frontend_queue_timeout_s, config.access_log, {"/v2/": v2_error_answer})
+        config.frontend_queue_timeout_s, config.access_log, ERROR_ANSWERS)
     return app
 
 

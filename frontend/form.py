@@ -137,7 +137,8 @@ class Part:
 
 def read_parts(environ: dict[str, Any], limits: FormLimits) -> list[Part]:
     """A request as MMS 1.x hands it to a handler: a form's fields by their names (a text
-    field has no media type), or any other body whole, as "body", with its Content-Type."""
+    field has no media type), or any other body whole, as "body", with its media type
+    (Content-Type without its parameters, as MMS 1.1 gives it)."""
     mimetype, options = media_type(environ)
     body = read_body(environ, limits.max_body_bytes)
     if mimetype == URLENCODED:
@@ -151,7 +152,7 @@ def read_parts(environ: dict[str, Any], limits: FormLimits) -> list[Part]:
         return [Part(segment.name, data,
                      (segment.content_type or "") if segment.filename is not None else "")
                 for segment, data in _multipart_parts(body, boundary, limits.max_parts)]
-    return [Part("body", body, environ.get("CONTENT_TYPE", ""))]
+    return [Part("body", body, mimetype)]
 
 
 def _text(name: str, data: bytes) -> str:

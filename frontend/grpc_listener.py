@@ -41,6 +41,7 @@ from mxserve.frontend.exchange import (
 )
 from mxserve.frontend.grpc_service import inference_pb2 as pb
 from mxserve.frontend.grpc_service import inference_pb2_grpc as pb_grpc
+from mxserve.frontend.protocol_errors import grpc_code_name
 from mxserve.frontend.v2_inference import (
     InferenceRequest,
     RequestedOutput,
@@ -59,12 +60,6 @@ from mxserve.frontend.v2_tensors import (
 
 log = logging.getLogger("grpc")
 
-STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-                403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
-                408: grpc.StatusCode.DEADLINE_EXCEEDED,
-                413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-                415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE,
-                504: grpc.StatusCode.DEADLINE_EXCEEDED}
 # Typed contents fields by datatype, for inputs sent without raw_input_contents.
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
@@ -175,7 +170,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             error = MXServeError(f"internal error; see the server log for request "
                                  f"{exchange.wire_id}")
         status, _, _ = error_answer(error, exchange.request_id)
-        context.abort(STATUS_CODES.get(status, grpc.StatusCode.INTERNAL), error.message)
+        context.abort(getattr(grpc.StatusCode, grpc_code_name(status)), error.message)
         return status  # not reached: abort raises
 
 

@@ -5,21 +5,20 @@ the handler set.
 """
 from __future__ import annotations
 
+import re
 import time
-import urllib.parse
 from typing import Any
 
 import numpy as np
 
 from mxserve.common.config import FRONTEND_WAIT_MARGIN_S, Config
-from mxserve.common.errors import InternalServerError, InvalidInput
-from mxserve.common.protocol import ANSWER, CONTENT_TYPE, STATUS
+from mxserve.common.errors import InternalServerError
+from mxserve.common.protocol import ANSWER, CONTENT_TYPE, HEADERS, STATUS
 from mxserve.frontend.broker_client import BrokerClient
 from mxserve.frontend.exchange import Exchange, server_timing
 from mxserve.frontend.form import Part
 from mxserve.frontend.request_path import Headers
 
-MAX_QUERY_PARAMETERS = 64
 # Hop-by-hop and credential headers stay in the frontend: a handler has no use for them.
 WITHHELD_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "connection",
                               "keep-alive", "transfer-encoding", "upgrade"})
@@ -34,7 +33,6 @@ class HandlerPredictor:
 
     def __call__(self, environ: dict[str, Any], exchange: Exchange, headers: Headers,
                  model: str, parts: list[Part]) -> bytes:
-        parts = query_parts(environ) + parts
         arrays = {p.name: np.frombuffer(p.data, dtype=np.uint8) for p in parts}
         parameters = {p.name: p.content_type for p in parts}  # a repeated name: the last
         parsed = time.monotonic()
@@ -49,21 +47,28 @@ class HandlerPredictor:
         exchange.status = answer.fields.get(STATUS, 200)
         headers.append(("Content-Type", str(answer.fields.get(CONTENT_TYPE) or
                                             "application/octet-stream")))
+        headers.extend(response_headers(answer.fields.get(HEADERS)))
         headers.append(("Server-Timing", server_timing(exchange, parsed, parsed, timing)))
         return body
 
 
-def query_parts(environ: dict[str, Any]) -> list[Part]:
-    """The query string's parameters, as MMS 1.x passes them to a handler."""
-    query = environ.get("QUERY_STRING", "")
-    if not query:
+# Headers the server owns: a handler's value for one of them would break the framing, the
+# connection or the tracing of the answer, so it is not passed on.
+SERVER_HEADERS = WITHHELD_HEADERS | {"content-type", "content-length", "server-timing",
+                                     "x-request-id", "date", "server", "trailer"}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]{0,4096}")
+
+
+def response_headers(handler_headers: Any) -> list[tuple[str, str]]:
+    """The headers a handler set on its answer (context.set_response_header), those that
+    are well-formed and not the server's own."""
+    if not isinstance(handler_headers, dict):
         return []
-    try:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True,
-                                       max_num_fields=MAX_QUERY_PARAMETERS)
-    except ValueError as exc:
-        raise InvalidInput(f"more than {MAX_QUERY_PARAMETERS} query parameters") from exc
-    return [Part(name, value.encode("utf-8"), "") for name, value in pairs]
+    return [(name, value) for name, value in handler_headers.items()
+            if isinstance(name, str) and isinstance(value, str)
+            and _TOKEN.fullmatch(name) and _VALUE.fullmatch(value)
+            and name.lower() not in SERVER_HEADERS]
 
 
 def request_headers(environ: dict[str, Any]) -> dict[str, str]:

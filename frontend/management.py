@@ -136,7 +136,8 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         snapshot = catalog.fetch()
         listed, defaults = snapshot.raw["models"], snapshot.raw["defaults"]
         names = sorted(defaults)  # each model once, as its default version
-        page = [{"modelName": n, "modelUrl": listed[defaults[n]].get("source") or n}
+        page = [{"modelName": n, "modelUrl": model_url(n, listed[defaults[n]],
+                                                       config.model_store)}
                 for n in names[start:start + limit]]
         listing: dict[str, Any] = {"models": page}
         if start + limit < len(names):
@@ -151,8 +152,10 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
             key_of(name)
             versions = sorted((m for m in models().values() if m["model_name"] == name),
                               key=lambda m: m["version"])
-            return jsonify([description(name, model) for model in versions])
-        return jsonify([description(name, known(key_of(name, version)))])
+            return jsonify([description(name, model, config.model_store)
+                            for model in versions])
+        # MMS 1.1 describes one model as one object (TorchServe: a list of one)
+        return jsonify(description(name, known(key_of(name, version)), config.model_store))
 
     app.add_url_rule("/models/<name>/<version>", "describe_version", describe_model,
                      methods=["GET"])
@@ -183,7 +186,7 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         if model.get("status") == "failed":
             client.manage("unregister", {"name": key}, MANAGE_TIMEOUT_S)
             raise ArchiveError(f"model {archive.name!r} failed to load: {model.get('error')}")
-        return jsonify(status=f'Model {label(key)} registered with {model["ready"]} workers')
+        return jsonify(status="Workers scaled")  # MMS 1.1's words once the workers are up
 
     app.add_url_rule("/models", "register_model", guarded(register_model, True),
                      methods=["POST"])
@@ -200,8 +203,8 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         client.manage("scale", {"name": key, **settings}, MANAGE_TIMEOUT_S)
         if not asked.get("synchronous"):
             return jsonify(status="Processing worker updates..."), 202
-        model = settled(key, asked.get("timeout_s"))
-        return jsonify(status=f'Workers scaled to {model["ready"]} for model {label(key)}')
+        settled(key, asked.get("timeout_s"))
+        return jsonify(status="Workers scaled")
 
     app.add_url_rule("/models/<name>/<version>", "scale_version", scale_model,
                      methods=["PUT"])
@@ -236,13 +239,27 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
                      guarded(delete_model, True), methods=["DELETE"])
 
 
-def description(name: str, model: dict[str, Any]) -> dict[str, Any]:
+def model_url(name: str, model: dict[str, Any], store: str) -> str:
+    """Where the model came from as MMS 1.x shows it: an archive in the model store by its
+    name there, a URL as given, any other file by its own name (never a host's path)."""
+    source = model.get("source") or ""
+    if "://" in source:
+        return source
+    if store and source:
+        root = os.path.realpath(store)
+        resolved = os.path.realpath(os.path.join(root, source))
+        if os.path.commonpath([root, resolved]) == root and resolved != root:
+            return os.path.relpath(resolved, root)
+    return os.path.basename(source.rstrip("/")) or name
+
+
+def description(name: str, model: dict[str, Any], store: str = "") -> dict[str, Any]:
     """One model as MMS 1.x / TorchServe describe it, with mxserve's own figures after."""
     return {
         "modelName": name,
         "modelVersion": model.get("version") or "1.0",
         "isDefault": model["default"],
-        "modelUrl": model.get("source") or name,
+        "modelUrl": model_url(name, model, store),
         "runtime": "python",
         "minWorkers": model.get("workers"),
         "maxWorkers": model.get("workers"),
@@ -304,7 +321,7 @@ def _in_model_store(path: Any, store: str) -> str:
     resolved = os.path.realpath(os.path.join(root, path))
     if os.path.commonpath([root, resolved]) != root or resolved == root:
         raise InvalidInput("path must be inside the model store")
-    if not os.path.exists(resolved):
-        raise InvalidInput(f"no archive {os.path.relpath(resolved, root)!r} in the model "
-                           "store")
+    if not os.path.exists(resolved):  # MMS 1.1's status and words
+        raise ModelNotFound("Model not found in model store: "
+                            f"{os.path.relpath(resolved, root)}")
     return resolved

@@ -50,6 +50,8 @@ def registration() -> dict[str, Any]:
     """POST /models: MMS 1.x's query parameters or mxserve's JSON body, one operation. An
     MMS 1.x `url` without a scheme is a file in the model store."""
     if not request.args:
+        if not request.get_data():
+            raise InvalidInput("Parameter url is required (or send mxserve's JSON body)")
         return _json_body(REGISTER)
     asked = _query(REGISTER_PARAMETERS, REGISTER)
     url = asked.pop("url", None)

@@ -1,10 +1,11 @@
 """POST /predictions/<model>[/<version>]: MMS 1.x's (and TorchServe's) inference route, a
 direct route of the request path, for every model on the server.
 
-An MMS 1.x model (a `.mar` handler) gets the request as MMS 1.x handed it over: a form's
-fields by their names, any other body whole as "body" with its media type, the query
-parameters, and the request's headers; its answer goes back with the media type and status
-it set. An MMS 0.4 model gets a form as /<model>/predict does, or a raw body as its one
+An MMS 1.x model (a `.mar` handler) gets the request as MMS 1.1 hands it over: a form's
+fields by their names, any other body whole as "body" with its media type (a GET: an empty
+body), and the request's headers, but not the query string, which MMS 1.1 passes to no
+handler; its answer goes back with the media type, status and headers it set. An MMS 0.4
+model gets a form as /<model>/predict does, or a raw body as its one
 input (a JPEG or PNG for an image model, JSON for a tensor model), and answers as there.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from mxserve.common.config import Config
-from mxserve.common.errors import InvalidInput, UnsupportedMediaType
+from mxserve.common.errors import InvalidInput, MethodNotAllowed, UnsupportedMediaType
 from mxserve.frontend.catalog import Catalog
 from mxserve.frontend.decode import Field
 from mxserve.frontend.exchange import Exchange
@@ -33,6 +34,8 @@ def predictions_routes(config: Config, catalog: Catalog, tensors: TensorPredicto
         exchange.model = key
         if key in snapshot.handlers:
             return handlers(environ, exchange, headers, key, read_parts(environ, form_limits))
+        if exchange.method == "GET":
+            raise MethodNotAllowed(f"model {model!r} takes its input in a POST")
         signature = snapshot.signatures[key]
         model = key
         mimetype, _ = media_type(environ)
@@ -54,8 +57,8 @@ def predictions_routes(config: Config, catalog: Catalog, tensors: TensorPredicto
                                    "or a form") from exc
         return tensors(environ, exchange, headers, model, signature, [field])
 
-    return [DirectRoute("predictions", "/predictions/<model>", ("POST",), predictions,
+    return [DirectRoute("predictions", "/predictions/<model>", ("GET", "POST"), predictions,
                         protocol="predictions"),
-            DirectRoute("predictions_version", "/predictions/<model>/<version>", ("POST",),
-                        predictions, protocol="predictions")]
+            DirectRoute("predictions_version", "/predictions/<model>/<version>",
+                        ("GET", "POST"), predictions, protocol="predictions")]
 

@@ -1,7 +1,7 @@
 """The Open Inference Protocol's (KServe v2) REST routes, as direct routes of the request
 path: health, server and model metadata, and inference with JSON tensors or the binary
 tensor data extension (`Inference-Header-Content-Length`). Errors are {"error": "..."}
-(frontend/request_path.py renders every failure under /v2 that way).
+(frontend/protocol_errors.py's table, applied to every failure under /v2).
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import json
 import time
 from typing import Any
 
-from mxserve.common.errors import InvalidInput, MXServeError, PayloadTooLarge, ServiceUnavailable
+from mxserve.common.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable
 from mxserve.frontend.catalog import Catalog
-from mxserve.frontend.exchange import Exchange, error_answer, json_bytes, server_timing
+from mxserve.frontend.exchange import Exchange, json_bytes, server_timing
 from mxserve.frontend.form import read_body
 from mxserve.frontend.request_path import DirectRoute, Headers
 from mxserve.frontend.v2_inference import (
@@ -32,13 +32,6 @@ from mxserve.frontend.v2_tensors import (
 
 HEADER_LENGTH = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"  # the binary extension's header
 OCTETS = ("Content-Type", "application/octet-stream")
-
-
-def v2_error_answer(error: MXServeError, request_id: str | None
-                    ) -> tuple[int, bytes, list[tuple[str, str]]]:
-    """The protocol's error body, {"error": message}, with our status and headers."""
-    status, _, headers = error_answer(error, request_id)
-    return status, json_bytes({"error": error.message}), headers
 
 
 def v2_routes(inference: V2Inference, catalog: Catalog, version: str,

@@ -94,3 +94,13 @@ def relabelled(model_archive: Path, prefix: str, out: Path) -> Path:
                 data = "\n".join(prefix + line for line in data.decode().splitlines()).encode()
             dest.writestr(entry, data)
     return out
+
+
+def template_store(folder: Path) -> Path:
+    """A model store holding the archives of tests/data/mms_template, built by the real
+    model-archiver as scripts/record_mms11.py builds them for MMS 1.1: digits.mar (the
+    template's vision service on the MMS 0.4 digits weights) and echo.mar."""
+    import mms11_cases
+
+    mms11_cases.build_store(folder, Path(sys.executable).parent / "model-archiver")
+    return folder

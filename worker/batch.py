@@ -28,6 +28,7 @@ from mxserve.common.errors import (
 from mxserve.common.protocol import (
     ANSWER,
     CONTENT_TYPE,
+    HEADERS,
     STATUS,
     Item,
     RequestItem,
@@ -68,6 +69,7 @@ class Outcome:
     body: bytes | None = None  # an MMS 1.x handler's answer, with its media type and status
     content_type: str = ""
     status: int = 200
+    headers: Mapping[str, str] | None = None  # the other headers a handler set
 
     def to_item(self, max_bytes: int = 0) -> Item:
         """The wire item: the answer as JSON in a frame of its own (or the output tensors,
@@ -76,9 +78,11 @@ class Outcome:
         error = self.error
         if error is None and self.body is not None:
             if not max_bytes or len(self.body) <= max_bytes:
-                return Item(id=self.id, fields={CONTENT_TYPE: self.content_type,
-                                                STATUS: self.status},
-                            arrays={ANSWER: self.body})
+                fields: dict[str, Any] = {CONTENT_TYPE: self.content_type,
+                                          STATUS: self.status}
+                if self.headers:
+                    fields[HEADERS] = dict(self.headers)
+                return Item(id=self.id, fields=fields, arrays={ANSWER: self.body})
             error = InternalServerError(f"the answer is {len(self.body)} bytes, over "
                                         f"max_reply_bytes ({max_bytes})")
         if error is None and self.tensors is not None:

@@ -47,7 +47,11 @@ def handler_request(item: Item) -> HandlerRequest:
         if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 1:
             raise InvalidInput(f"value {name!r} must be bytes")
         data[name] = parsed_value(name, array.tobytes(), content_type)
-    return HandlerRequest(item.id, data, headers)
+    # As MMS 1.x: each value's media type under its name, then the request's own headers.
+    properties: dict[str, Any] = {name: {"content-type": content_type}
+                                  for name, content_type in parameters.items()}
+    properties.update(headers)
+    return HandlerRequest(item.id, data, properties)
 
 
 def parsed_value(name: str, raw: bytes, content_type: str) -> Any:
@@ -78,7 +82,7 @@ def _run(service: HandlerService, requests: list[HandlerRequest]) -> list[Outcom
         log.exception("request %s: the handler raised", request.request_id)
         return [Outcome(request.request_id, error=model_error(exc))]
     return [Outcome(request.request_id, body=answer.body, content_type=answer.content_type,
-                    status=answer.status)
+                    status=answer.status, headers=answer.headers)
             for request, answer in zip(requests, answers)]
 
 

@@ -328,16 +328,19 @@ class Worker:
                      for item in message.items]
         started = time.monotonic()
         timing = BatchTiming()
+        recorded, dropped = None, 0
         with self.lent_cores.lending(request.threads):
             if self.archive.signature is None:
                 outcomes = run_handler_batch(self.service, message.items, deadlines)
+                recorded, dropped = self.service.take_metrics()
             else:
                 outcomes = run_batch(self.service, self.archive.signature, message.items,
                                      deadlines, timing, self.image_limits)
         inference_ms = (time.monotonic() - started) * 1000.0 - timing.decode_ms
         self._send(Message(Kind.REPLY, fields_of(Reply(
             batch_size=len(message.items), decode_ms=round(timing.decode_ms, 3),
-            inference_ms=round(inference_ms, 3))),
+            inference_ms=round(inference_ms, 3), handler_metrics=recorded or None,
+            handler_metrics_dropped=dropped)),
             [outcome.to_item(self.args.max_reply_bytes) for outcome in outcomes]))
 
     def _send(self, message: Message) -> None:

@@ -56,7 +56,7 @@ def wait_for(check, timeout_s=60.0, what="condition"):
 
 def model(managed, name):
     response = managed.api.get(f"{managed.admin}/models/{name}", timeout=10)
-    return response.json()[0] if response.status_code == 200 else None
+    return response.json() if response.status_code == 200 else None
 
 
 def workers_of(managed, name):
@@ -72,9 +72,10 @@ def noop(managed, name, row=(1.0, 2.0, 3.0, 4.0)):
 
 def test_management_routes_exist_only_on_the_management_listener(managed):
     for path in ("/models", "/models/digits", "/metrics"):
-        assert_error(requests.get(managed.url + path, timeout=10), 404, "NotFound")
+        assert_error(requests.get(managed.url + path, timeout=10), 404,
+                     "ResourceNotFoundException" if path.startswith("/models") else "NotFound")
     listing = managed.api.get(f"{managed.admin}/models", timeout=10).json()["models"]
-    assert {"modelName": "digits", "modelUrl": str(managed.digits_archive)} in listing
+    assert {"modelName": "digits", "modelUrl": managed.digits_archive.name} in listing
     digits = model(managed, "digits")
     assert digits["status"] == "ready" and digits["ready"] == 1 and digits["minWorkers"] == 1
     assert digits["devices"] == ["cpu"] and digits["loadedAtStartup"] is True
@@ -144,7 +145,7 @@ def test_delete_lets_queued_requests_finish(managed, sample_models):
 def test_register_from_an_allow_listed_url_only(managed):
     refused = managed.api.post(f"{managed.admin}/models", json={
         "url": f"{managed.files_url}/elsewhere.model", "name": "x"}, timeout=30)
-    assert_error(refused, 400, "InvalidInput", "model_url_allowlist")
+    assert_error(refused, 400, "BadRequestException", "model_url_allowlist")
     created = managed.api.post(f"{managed.admin}/models", json={
         "url": f"{managed.files_url}/allowed/noop.model", "name": "fromurl"}, timeout=60)
     assert created.status_code == 202, created.text
@@ -162,22 +163,23 @@ def test_urls_that_only_look_allowed_are_refused(managed):
                 f"{managed.files_url}/allowed/noop.model\r\nX: y",
                 f"http://127.0.0.1:{managed.management_port}/allowed/x.model"):
         refused = managed.api.post(f"{managed.admin}/models", json={"url": url}, timeout=30)
-        assert_error(refused, 400, "InvalidInput")
+        assert_error(refused, 400, "BadRequestException")
         assert "Unauthorized" not in refused.text
     assert requests.get(managed.url + "/ping", timeout=10).status_code == 200
 
 
 def test_bad_registrations_are_clear_errors(managed):
     assert_error(managed.api.post(f"{managed.admin}/models", json={"path": "broken.model"},
-                               timeout=30), 400, "ArchiveError", "not a valid zip")
+                               timeout=30), 400, "BadRequestException", "not a valid zip")
     assert_error(managed.api.post(f"{managed.admin}/models", json={
-        "path": "nonexistent.model"}, timeout=30), 400, "InvalidInput", "no archive")
+        "path": "nonexistent.model"}, timeout=30), 404, "ModelNotFoundException",
+        "not found in model store")
     assert_error(managed.api.post(f"{managed.admin}/models", data="x", timeout=30), 400,
-                 "InvalidInput", "JSON object")
+                 "BadRequestException", "JSON object")
     assert_error(managed.api.put(f"{managed.admin}/models/digits", json={"workers": 0},
-                              timeout=30), 400, "InvalidInput", "workers")
+                              timeout=30), 400, "BadRequestException", "workers")
     assert_error(managed.api.delete(f"{managed.admin}/models/nope", timeout=30), 404,
-                 "ModelNotFound")
+                 "ModelNotFoundException")
 
 
 @pytest.mark.parametrize("body, named", [
@@ -191,7 +193,7 @@ def test_bad_registrations_are_clear_errors(managed):
 ])
 def test_management_bodies_are_checked_against_a_schema(managed, body, named):
     refused = managed.api.post(f"{managed.admin}/models", json=body, timeout=30)
-    assert_error(refused, 400, "InvalidInput", named)
+    assert_error(refused, 400, "BadRequestException", named)
     assert model(managed, "noop") is None
 
 
@@ -200,10 +202,10 @@ def test_nan_and_infinity_are_not_json(managed):
                 '{"workers": Infinity}'):
         refused = managed.api.post(f"{managed.admin}/models", data=raw, timeout=30,
                                    headers={"Content-Type": "application/json"})
-        assert_error(refused, 400, "InvalidInput", "JSON")
+        assert_error(refused, 400, "BadRequestException", "JSON")
     scaled = managed.api.put(f"{managed.admin}/models/digits", data='{"workers": -Infinity}',
                              headers={"Content-Type": "application/json"}, timeout=30)
-    assert_error(scaled, 400, "InvalidInput", "JSON")
+    assert_error(scaled, 400, "BadRequestException", "JSON")
 
 
 def test_a_rejected_archive_leaves_no_extraction(managed):
@@ -213,7 +215,7 @@ def test_a_rejected_archive_leaves_no_extraction(managed):
     assert refused.status_code == 400
     duplicate = managed.api.post(f"{managed.admin}/models", json={
         "path": "noop.model", "name": "digits"}, timeout=30)
-    assert_error(duplicate, 409, "Conflict", "already registered")
+    assert_error(duplicate, 409, "ConflictStatusException", "already registered")
     assert set((managed.run_dir() / "models").iterdir()) == before
 
 

@@ -75,7 +75,7 @@ def test_predictions_serves_a_0_4_archive_raw_or_as_a_form(mms1, sample_models, 
 
 def test_the_handler_sees_its_context_and_the_request_as_mms_1_gave_it(mms1, sample_models):
     data = image(sample_models, "digit_0.jpg")
-    r = requests.post(f"{mms1.url}/predictions/ctx", params={"kind": "x"},
+    r = requests.post(f"{mms1.url}/predictions/ctx", params={"kind": "x"},  # not passed on
                       files={"data": ("d.jpg", data, "image/jpeg"), "note": (None, "hi")},
                       headers={"X-Trace": "abc", "X-Request-Id": "trace-1",
                                "Authorization": "Bearer not-for-the-model"}, timeout=30)
@@ -86,8 +86,7 @@ def test_the_handler_sees_its_context_and_the_request_as_mms_1_gave_it(mms1, sam
     assert seen["batch_size"] == 1  # MMS 1.x's default: one request per handle()
     assert seen["header"] == "abc"
     assert seen["authorization"] is None  # credentials stay in the frontend
-    assert seen["seen"] == {"data": ["bytes", len(data)], "note": ["bytes", 2],
-                            "kind": ["bytes", 1]}
+    assert seen["seen"] == {"data": ["bytes", len(data)], "note": ["bytes", 2]}
     raw = requests.post(f"{mms1.url}/predictions/ctx", data=b'{"a": [1, 2]}',
                         headers={"Content-Type": "application/json"}, timeout=30)
     assert raw.json()["seen"] == {"body": ["dict", {"a": [1, 2]}]}  # JSON parsed, as MMS 1.x
@@ -97,21 +96,22 @@ def test_the_handler_sees_its_context_and_the_request_as_mms_1_gave_it(mms1, sam
 
 
 def test_the_handler_sets_status_and_media_type(mms1):
-    r = requests.post(f"{mms1.url}/predictions/ctx", params={"status": "201",
-                                                             "type": "text/x-seen"}, timeout=30)
+    r = requests.post(f"{mms1.url}/predictions/ctx", files={"status": (None, "201"),
+                                                            "type": (None, "text/x-seen")},
+                      timeout=30)
     assert r.status_code == 201
     assert r.headers["Content-Type"] == "text/x-seen"
     assert json.loads(r.content)["model_name"] == "ctx"
 
 
 def test_a_handler_that_raises_is_that_requests_json_error(mms1):
-    raised = requests.post(f"{mms1.url}/predictions/ctx", params={"action": "raise"},
+    raised = requests.post(f"{mms1.url}/predictions/ctx", files={"action": (None, "raise")},
                            timeout=30)
     assert raised.status_code == 500
-    assert raised.json()["type"] == "ModelError"
+    assert raised.json()["type"] == "InternalServerException"  # MMS 1.1's name
     assert "asked to raise" in raised.json()["message"]
     assert "Traceback" not in raised.text
-    refused = requests.post(f"{mms1.url}/predictions/ctx", params={"action": "refuse"},
+    refused = requests.post(f"{mms1.url}/predictions/ctx", files={"action": (None, "refuse")},
                             timeout=30)
     assert refused.status_code == 422
     assert refused.json() == {"code": 422, "type": "InvalidInput", "message": "asked to refuse"}
@@ -120,7 +120,7 @@ def test_a_handler_that_raises_is_that_requests_json_error(mms1):
 
 def test_predictions_refuses_what_it_cannot_serve(mms1, sample_models):
     missing = requests.post(f"{mms1.url}/predictions/nope", data=b"x", timeout=30)
-    assert missing.status_code == 404 and missing.json()["type"] == "ModelNotFound"
+    assert missing.status_code == 404 and missing.json()["type"] == "ModelNotFoundException"
     connection = http.client.HTTPConnection("127.0.0.1", mms1.port, timeout=30)
     connection.putrequest("POST", "/predictions/ctx")
     connection.putheader("Content-Length", str(1024**3))  # refused before a byte is read
@@ -134,13 +134,15 @@ def test_predictions_refuses_what_it_cannot_serve(mms1, sample_models):
     not_an_image = requests.post(f"{mms1.url}/predictions/resnet18", data=b"not a jpeg",
                                  headers={"Content-Type": "image/jpeg"}, timeout=30)
     assert not_an_image.status_code in (400, 415)
-    assert requests.get(f"{mms1.url}/predictions/ctx", timeout=30).status_code == 405
+    # a GET reaches a handler with an empty body, as in MMS 1.1; a 0.4 model needs a POST
+    assert requests.get(f"{mms1.url}/predictions/ctx", timeout=30).status_code == 200
+    assert requests.get(f"{mms1.url}/predictions/digits", timeout=30).status_code == 405
     no_boundary = requests.post(f"{mms1.url}/predictions/ctx", data=b"--x\r\n",
                                 headers={"Content-Type": "multipart/form-data"}, timeout=30)
     assert no_boundary.status_code == 400 and "boundary" in no_boundary.json()["message"]
     many = requests.post(f"{mms1.url}/predictions/ctx?" + "&".join(
         f"p{i}=1" for i in range(100)), timeout=30)
-    assert many.status_code == 400 and "query parameters" in many.json()["message"]
+    assert many.status_code == 200 and "p0" not in many.json()["seen"]  # never parsed
 
 
 def test_concurrent_requests_on_every_route_each_get_their_own_answer(mms1, sample_models):
@@ -171,11 +173,11 @@ def test_the_management_api_works_as_mms_1_documented_it(mms1):
         "url": "checked.mar", "model_name": "ctx2", "initial_workers": "1", "batch_size": "2",
         "max_batch_delay": "50", "synchronous": "true"}, timeout=120)
     assert registered.status_code == 200, registered.text
-    assert registered.json() == {"status": 'Model "ctx2" registered with 1 workers'}
+    assert registered.json() == {"status": "Workers scaled"}  # MMS 1.1's words
     assert requests.post(f"{mms1.url}/predictions/ctx2", timeout=30).json()["batch_size"] == 2
     taken = mms1.api.post(models, params={"url": "checked.mar", "model_name": "ctx2"},
                           timeout=30)
-    assert taken.status_code == 409 and taken.json()["type"] == "Conflict"
+    assert taken.status_code == 409 and taken.json()["type"] == "ConflictStatusException"
 
     # the worker batches a handler's requests like any other service's, up to batch_size
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -187,7 +189,7 @@ def test_the_management_api_works_as_mms_1_documented_it(mms1):
     scaled = mms1.api.put(f"{models}/ctx2", params={"min_worker": "2", "max_worker": "2",
                                                     "synchronous": "true"}, timeout=120)
     assert scaled.status_code == 200, scaled.text
-    [described] = mms1.api.get(f"{models}/ctx2", timeout=10).json()
+    described = mms1.api.get(f"{models}/ctx2", timeout=10).json()  # one object, as MMS 1.1
     assert described["modelName"] == "ctx2" and described["modelUrl"] == "checked.mar"
     assert described["minWorkers"] == 2 and described["batchSize"] == 2
     assert described["maxBatchDelay"] == 50 and described["loadedAtStartup"] is False
@@ -259,9 +261,7 @@ def test_the_migration_guides_management_examples_run(mms1):
         "/path/to/run-dir/management.token", str(token_file)).replace("curl -s", "curl -s -w '\\n'")
     (registered, scaled, second, switched, listing, removed_1, removed_2) = (
         json.loads(line) for line in run_shell(command))
-    assert registered == {"status": 'Model "classifier" registered with 1 workers'}
-    assert scaled == {"status": 'Workers scaled to 2 for model "classifier"'}
-    assert second == {"status": 'Model "classifier" version 2.0 registered with 1 workers'}
+    assert registered == scaled == second == {"status": "Workers scaled"}
     assert switched == {"status": 'Default version of model "classifier" set to 2.0'}
     assert {"modelName": "classifier", "modelUrl": "digits-v2.mar"} in listing["models"]
     assert removed_1 == {"status": 'Model "classifier" unregistered'}
@@ -287,11 +287,11 @@ def test_a_failed_optional_model_keeps_the_instance_ready_and_says_so_for_good(m
     registered = mms1.api.post(f"{mms1.admin}/models", params={
         "url": "fails.mar", "model_name": "fails"}, timeout=60)
     assert registered.status_code == 202, registered.text
-    eventually(lambda: mms1.api.get(f"{mms1.admin}/models/fails", timeout=10).json()[0][
+    eventually(lambda: mms1.api.get(f"{mms1.admin}/models/fails", timeout=10).json()[
         "status"] == "failed", 60, "the model failed")
     try:
         refused = requests.post(f"{mms1.url}/predictions/fails", timeout=30)
-        assert refused.status_code == 500 and refused.json()["type"] == "ModelFailed"
+        assert refused.status_code == 500 and refused.json()["type"] == "InternalServerException"
         assert "the weights are missing" in refused.json()["message"]
         assert "Retry-After" not in refused.headers  # retrying will not help
         assert requests.get(f"{mms1.url}/ping", timeout=10).status_code == 503  # MMS 0.4's

@@ -21,9 +21,7 @@ def test_two_versions_serve_side_by_side_and_the_default_switches(mms1, sample_m
     api, admin = mms1.api, mms1.admin
     digit = image(sample_models, "digit_0.jpg")
     jpeg = {"Content-Type": "image/jpeg"}
-    for url, status in (("digits.mar", 'Model "vdigits" registered with 1 workers'),
-                        ("digits-v2.mar", 'Model "vdigits" version 2.0 registered with 1 '
-                                          'workers')):
+    for url, status in (("digits.mar", "Workers scaled"), ("digits-v2.mar", "Workers scaled")):
         registered = api.post(f"{admin}/models", params={
             "url": url, "model_name": "vdigits", "synchronous": "true"}, timeout=120)
         assert registered.status_code == 200 and registered.json() == {"status": status}
@@ -34,7 +32,7 @@ def test_two_versions_serve_side_by_side_and_the_default_switches(mms1, sample_m
         every = api.get(f"{admin}/models/vdigits/all", timeout=10).json()
         assert [(m["modelVersion"], m["isDefault"]) for m in every] == [("1.0", True),
                                                                          ("2.0", False)]
-        assert api.get(f"{admin}/models/vdigits/2.0", timeout=10).json()[0][
+        assert api.get(f"{admin}/models/vdigits/2.0", timeout=10).json()[
             "modelVersion"] == "2.0"
         listing = api.get(f"{admin}/models", timeout=10).json()["models"]
         assert [m["modelName"] for m in listing].count("vdigits") == 1
@@ -74,7 +72,7 @@ def test_two_versions_serve_side_by_side_and_the_default_switches(mms1, sample_m
         eventually(lambda: call("/vdigits/predict") == "v2-0", 10, "every frontend")
         scaled = api.put(f"{admin}/models/vdigits/1.0", params={
             "min_worker": "2", "synchronous": "true"}, timeout=120)
-        assert scaled.json() == {"status": "Workers scaled to 2 for model \"vdigits\""}
+        assert scaled.json() == {"status": "Workers scaled"}
         # Metrics per version, refreshed at the broker's next housekeeping tick.
         eventually(lambda: {'mxserve_workers_ready{model="vdigits@2.0"} 1.0',
                             'mxserve_workers_ready{model="vdigits"} 2.0'} <= set(

@@ -37,6 +37,7 @@ from mxserve.common.protocol import (
     fields_of,
     read_fields,
 )
+from mxserve.worker.broker.handler_metrics import HandlerMetrics
 from mxserve.worker.broker.pool import WorkerPool
 from mxserve.worker.broker.state import ModelState, Pending, WorkerState, lendable_threads
 
@@ -61,6 +62,7 @@ class Scheduler:
         self.next_heartbeat = 0.0
         self._to_frontend = to_frontend
         self._to_worker = to_worker
+        self.handler_metrics = HandlerMetrics()
 
     # -- requests ----------------------------------------------------------------------
 
@@ -233,11 +235,15 @@ class Scheduler:
     def _on_reply(self, worker: WorkerState, message: Message, now: float) -> None:
         reply = read_fields(Reply, message.fields)
         worker_ms = round((now - worker.batch_started) * 1000.0, 3)  # the hop and inference
+        if reply.handler_metrics or reply.handler_metrics_dropped:
+            self.handler_metrics.record(worker.model, reply.handler_metrics,
+                                        reply.handler_metrics_dropped)
         for item in message.items:
             pending = worker.batch.pop(item.id, None)
             if pending is None:
                 continue  # already answered (expired, or the worker was presumed dead)
-            timing = fields_of(reply)
+            timing = {"batch_size": reply.batch_size, "inference_ms": reply.inference_ms,
+                      "decode_ms": reply.decode_ms}
             timing["batch_size"] = len(message.items)
             timing["worker_ms"] = worker_ms
             timing["queue_ms"] = round((worker.batch_started - pending.received) * 1000.0, 3)

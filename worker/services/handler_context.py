@@ -4,12 +4,20 @@
 `model_name` is the name the model is served under; `manifest` is the archive's own
 MAR-INF/MANIFEST.json (services build file names from its modelName); `system_properties`
 holds model_dir, gpu_id, batch_size, server_name and server_version. For each request of a
-batch, `request_processor[i]` holds its headers and collects the status and headers the
-service sets for its answer.
+batch, `request_processor[i]` holds its headers (and, as MMS 1.x, each value's
+`{"content-type": ...}` under the value's name) and collects the status and headers the
+service sets for its answer; `metrics` is a fresh store per batch
+(worker/services/handler_metrics.py).
+
+One deliberate superset: `request_processor` is a list, as in MMS 1.x, that also answers
+`report_status(code, phrase)` for every request of the batch. MMS 1.x's own template calls
+it that way in its error path, which fails there with an AttributeError.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from mxserve.worker.services.handler_metrics import MetricsStore
 
 
 class RequestProcessor:
@@ -47,6 +55,14 @@ class RequestProcessor:
         return self._response_headers.get(key.lower())
 
 
+class RequestProcessors(list):
+    """One RequestProcessor per request of the batch."""
+
+    def report_status(self, code: int, reason_phrase: str | None = None) -> None:
+        for processor in self:
+            processor.report_status(code, reason_phrase)
+
+
 class Context:
     def __init__(self, model_name: str, model_dir: str, manifest: Mapping[str, Any],
                  batch_size: int, gpu: int | None, server_version: str) -> None:
@@ -56,8 +72,8 @@ class Context:
                                    "batch_size": batch_size, "server_name": "mxserve",
                                    "server_version": server_version}
         self.request_ids: dict[int, str] | None = None
-        self.request_processor: list[RequestProcessor] | None = None
-        self.metrics: Any = None
+        self.request_processor: RequestProcessors | None = None
+        self.metrics: MetricsStore | None = None
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -65,7 +81,8 @@ class Context:
 
     def begin_batch(self, request_ids: list[str], headers: list[Mapping[str, Any]]) -> None:
         self.request_ids = dict(enumerate(request_ids))
-        self.request_processor = [RequestProcessor(h) for h in headers]
+        self.request_processor = RequestProcessors(RequestProcessor(h) for h in headers)
+        self.metrics = MetricsStore(self.request_ids, self.model_name)
 
     def get_request_id(self, idx: int = 0) -> str | None:
         return (self.request_ids or {}).get(idx)
@@ -118,16 +135,19 @@ class PredictionException(Exception):
 
 
 class _CaseInsensitive(dict):
-    """HTTP header names match whatever case the service asks in."""
+    """HTTP header names as the client sent them, matched in whatever case the service
+    asks."""
 
     def __init__(self, headers: Mapping[str, Any]) -> None:
-        super().__init__((str(k).lower(), v) for k, v in headers.items())
+        super().__init__(headers)
+        self._names = {str(k).lower(): k for k in headers}
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return super().get(str(key).lower(), default)
+        name = self._names.get(str(key).lower())
+        return default if name is None else super().__getitem__(name)
 
     def __getitem__(self, key: Any) -> Any:
-        return super().__getitem__(str(key).lower())
+        return super().__getitem__(self._names[str(key).lower()])
 
     def __contains__(self, key: object) -> bool:
-        return super().__contains__(str(key).lower())
+        return str(key).lower() in self._names

@@ -25,6 +25,7 @@ from mxserve.common.errors import ArchiveError, ModelError, exception_text
 from mxserve.common.version import installed_version
 from mxserve.worker.services import mms_alias
 from mxserve.worker.services.handler_context import Context
+from mxserve.worker.services.handler_metrics import MAX_ENTRIES
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ BYTES_TYPE = "application/octet-stream"
 class HandlerRequest:
     request_id: str
     data: Mapping[str, Any]
-    headers: Mapping[str, str]
+    headers: Mapping[str, Any]  # as MMS 1.x: header values, and {"content-type": ...} per value
+
+
+MAX_RESPONSE_HEADERS = 32  # headers a handler may set on one answer, content type aside
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class HandlerAnswer:
     body: bytes
     content_type: str
     status: int
+    headers: dict[str, str]
 
 
 class HandlerService:
@@ -64,6 +69,8 @@ class HandlerService:
             raise ArchiveError(f"importing handler module {mar.module!r} failed: "
                                f"{exception_text(exc)}") from exc
         self.entry = self._entry_point(module, mar.function)
+        self.recorded: list[list[Any]] = []
+        self.dropped_metrics = 0
 
     def _entry_point(self, module: Any, function: str) -> Callable[[Any, Context], Any]:
         if function:
@@ -101,13 +108,32 @@ class HandlerService:
         answer list of the wrong length or type."""
         self.context.begin_batch([r.request_id for r in requests],
                                  [r.headers for r in requests])
-        answers = self.entry([dict(r.data) for r in requests], self.context)
+        try:
+            answers = self.entry([dict(r.data) for r in requests], self.context)
+        finally:
+            self._keep_metrics()
         if not isinstance(answers, list) or len(answers) != len(requests):
             got = (f"{len(answers)} answers" if isinstance(answers, list)
                    else f"a {type(answers).__name__}")
             raise ModelError(f"the handler returned {got} for {len(requests)} requests (it "
                              "must return a list with one answer per request)")
         return [self._answer(index, value) for index, value in enumerate(answers)]
+
+    def take_metrics(self) -> tuple[list[list[Any]], int]:
+        """What the handler recorded through context.metrics since the last call, and how
+        many records were dropped on the way."""
+        recorded, dropped = self.recorded, self.dropped_metrics
+        self.recorded, self.dropped_metrics = [], 0
+        return recorded, dropped
+
+    def _keep_metrics(self) -> None:
+        store = self.context.metrics
+        if store is None:
+            return
+        entries = store.entries()
+        room = max(0, MAX_ENTRIES - len(self.recorded))
+        self.recorded.extend(entries[:room])
+        self.dropped_metrics += store.dropped + max(0, len(entries) - room)
 
     def _answer(self, index: int, value: Any) -> HandlerAnswer:
         if isinstance(value, (bytes, bytearray)):
@@ -122,5 +148,10 @@ class HandlerService:
         status, _ = self.context.get_response_status(index)
         if type(status) is not int or not 100 <= status <= 599:
             raise ModelError(f"the handler set the response status {status!r}")
+        headers = {str(k): str(v) for k, v in
+                    list(self.context.get_response_headers(index).items())[
+                        :MAX_RESPONSE_HEADERS + 1]
+                    if str(k).lower() != "content-type"}
         content_type = self.context.get_response_content_type(index) or default_type
-        return HandlerAnswer(body, str(content_type), status)
+        return HandlerAnswer(body, str(content_type), status,
+                             dict(list(headers.items())[:MAX_RESPONSE_HEADERS]))

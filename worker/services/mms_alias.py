@@ -2,7 +2,8 @@
 
 `from mms.model_service.mxnet_vision_service import MXNetVisionService`,
 `from mms.utils.mxnet import image, ndarray` and (MMS 1.x handlers) `from mms.context
-import Context` or `from mms.service import PredictionException` resolve to mxserve's
+import Context`, `from mms.service import PredictionException` or `from
+mms.metrics.dimension import Dimension` resolve to mxserve's
 equivalents. Installed
 only when no real `mms` package is importable, and only in worker processes.
 """
@@ -20,6 +21,8 @@ _ALIASES = {
     "mms.utils.mxnet.ndarray": "mxserve.worker.services.utils.ndarray",
     "mms.context": "mxserve.worker.services.handler_context",
     "mms.service": "mxserve.worker.services.handler_context",
+    "mms.metrics.metrics_store": "mxserve.worker.services.handler_metrics",
+    "mms.metrics.dimension": "mxserve.worker.services.handler_metrics",
 }
 
 

@@ -1,0 +1,1 @@
+"""The archive's own MXNet helpers, as the template ships them beside its services."""
