@@ -1,6 +1,8 @@
 """The same model answered through each protocol, on one server, taking turns: MMS 0.4's
 /predict (a multipart form, under wrk), MMS 1.x's /predictions (the JPEG as the raw body,
-under wrk), KServe v2 REST with the binary tensor data
+under wrk), the same weights in a `.mar` whose handler is shaped as MMS 1.x's
+model_service_template's vision service (tests/data/mms_template) on /predictions with the
+same batch size, KServe v2 REST with the binary tensor data
 extension (the JPEG as a BYTES tensor, under wrk) and KServe v2 gRPC (the same tensor as
 raw_input_contents, from a grpc.aio client keeping the same number of calls in flight).
 Ratios are each protocol / predict per round, and their median; each round starts with the
@@ -22,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import mms11_cases  # noqa: E402
 from served import ROOT, Stack, free_port, run_wrk  # noqa: E402
 
 from mxserve.common.proctree import cpu_seconds  # noqa: E402
 
 V2_LUA = ROOT / "benchmarks" / "v2_binary.lua"
+MAX_BATCH_SIZE = 8  # the template .mar's batch: the default one of the 0.4 archive beside it
 RAW_LUA = ROOT / "benchmarks" / "raw_body.lua"
 
 
@@ -107,9 +112,15 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
         predictions = ("/predictions/resnet18", RAW_LUA, {
             "BENCH_FILE": str(models_dir / "examples" / "china.jpg"),
             "BENCH_CONTENT_TYPE": "image/jpeg"})
+        template = ("/predictions/resnet18-template", RAW_LUA, predictions[2])
         grpc_port = free_port()
+        store = Path(folder) / "store"
+        mar = mms11_cases.build_template_mar("resnet18", models_dir / "resnet18.model", store,
+                                             Path(sys.executable).parent / "model-archiver")
         stack = Stack("resnet18", models_dir / "resnet18.model", "--workers-per-model", cores,
-                      "--grpc-port", str(grpc_port))
+                      "--grpc-port", str(grpc_port), "--batching",
+                      f"resnet18-template={MAX_BATCH_SIZE}",
+                      others=(f"resnet18-template={mar}",))
         call = grpc_request(image)
         try:
             measure = {
@@ -117,6 +128,8 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
                                            duration),
                 "predictions": lambda: run_wrk(stack, "resnet18", models_dir, connections,
                                                duration, predictions),
+                "template predictions": lambda: run_wrk(stack, "resnet18", models_dir,
+                                                        connections, duration, template),
                 "v2-rest binary": lambda: run_wrk(stack, "resnet18", models_dir, connections,
                                                   duration, v2),
                 "v2-grpc": lambda: run_grpc(stack, f"127.0.0.1:{grpc_port}", call,
@@ -131,7 +144,7 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
         finally:
             stack.stop()
     result: dict[str, Any] = {"connections": connections, "runs": runs}
-    for protocol in ("predictions", "v2-rest binary", "v2-grpc"):
+    for protocol in ("predictions", "template predictions", "v2-rest binary", "v2-grpc"):
         ratios = [v["requests_per_s"] / p["requests_per_s"]
                   for p, v in zip(runs["predict"], runs[protocol])]
         result[f"{protocol} / predict throughput per round"] = [round(r, 3) for r in ratios]

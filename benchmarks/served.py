@@ -44,9 +44,11 @@ def free_port() -> int:
 
 
 class Stack:
-    """`mxserve start` with one model, on a free port."""
+    """`mxserve start` with one model (and `others`, "name=archive" each), on a free
+    port."""
 
-    def __init__(self, name: str, archive: Path, *extra: str) -> None:
+    def __init__(self, name: str, archive: Path, *extra: str, others: tuple[str, ...] = ()
+                 ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.management_url = f"http://127.0.0.1:{free_port()}"
@@ -57,6 +59,7 @@ class Stack:
         token_file.chmod(0o600)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mxserve.instance.cli", "start", "--models", f"{name}={archive}",
+             *others,
              "--port", str(self.port), "--log-level", "WARNING",
              "--management-port", self.management_url.rsplit(":", 1)[1],
              "--management-token-file", str(token_file), *extra],
@@ -73,7 +76,7 @@ class Stack:
             request = urllib.request.Request(f"{self.management_url}/models/{name}", headers={
                 "Authorization": f"Bearer {self.token}"})
             with urllib.request.urlopen(request, timeout=5) as r:
-                [model] = json.loads(r.read())
+                model = json.loads(r.read())  # one object, as MMS 1.1 describes a model
             if model["ready"] == model["minWorkers"]:
                 time.sleep(1.0)  # let start-up settle before idle memory is read
                 return

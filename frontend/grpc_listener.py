@@ -85,7 +85,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ModelReadyResponse(ready=self._answer(
-            context, "ModelReady", lambda: self.catalog.fetch().model_ready(request.name)))
+            context, "ModelReady",
+            lambda: self.inference.model_ready(request.name, request.version or None)))
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(**server_metadata(self.version))

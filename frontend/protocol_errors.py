@@ -21,7 +21,6 @@ from mxserve.common.errors import (
     InvalidInput,
     MethodNotAllowed,
     ModelError,
-    ModelFailed,
     ModelNotFound,
     MXServeError,
     NotFound,
@@ -32,7 +31,8 @@ from mxserve.frontend.exchange import error_answer, json_bytes
 
 Answer = tuple[int, bytes, list[tuple[str, str]]]
 
-# The names MMS 1.1's frontend gives the same failures; others keep ours.
+# The names MMS 1.1's frontend gives the same failures; others keep ours (ModelFailed, a
+# model that will not load, has no MMS 1.1 name: its own says not to retry).
 MMS1_TYPES: dict[str, str] = {
     ModelNotFound.type: "ModelNotFoundException",
     NotFound.type: "ResourceNotFoundException",
@@ -44,7 +44,6 @@ MMS1_TYPES: dict[str, str] = {
     DeadlineExceeded.type: "RequestTimeoutException",
     ServiceUnavailable.type: "ServiceUnavailableException",
     ModelError.type: "InternalServerException",
-    ModelFailed.type: "InternalServerException",
     InternalServerError.type: "InternalServerException",
 }
 

@@ -6,8 +6,9 @@ the broker's one request item of it, and turns the worker's output tensors into 
 
 How a model's inputs arrive (docs/protocols.md):
 - a JSON-tensor model takes each signature input as an FP32 tensor of the signature's shape
-  (-1 or any size on axis 0), exactly the array /predict builds from its form field, so the
-  two answer the same;
+  with any number of rows on axis 0 (-1 in the metadata), up to the model's
+  max_batch_size; one row is exactly the array /predict builds from its form field, so
+  the two answer the same, and N rows answer as N one-row requests would;
 - an image model takes either an encoded JPEG/PNG as a BYTES tensor of shape [1] (or
   [1, 1]), decoded exactly as /predict decodes it (in this frontend, or in the worker where
   workers decode), or a tensor already in the model's input layout (FP32 or UINT8, N x C x
@@ -104,6 +105,12 @@ class V2Inference:
                                f"requests, not tensors: use POST /predictions/{model}")
         return snapshot, key, signature
 
+    def model_ready(self, model: str, version: str | None = None) -> bool:
+        """Whether the model's version (default: its default one) has a ready worker; 404
+        for a model or version that is not there. REST and gRPC both answer from this."""
+        _, key = self.catalog.served(model, version)
+        return self.catalog.fetch().model_ready(key)  # readiness is asked fresh
+
     def signature(self, model: str, version: str | None = None) -> Signature:
         return self.resolve(model, version)[2]
 
@@ -126,6 +133,9 @@ class V2Inference:
                                    f"has {output_names}")
             wanted[output.name] = output.class_count
         arrays, encoded, preprocessed = self._arrays(signature, request.inputs)
+        if not encoded:
+            _check_rows(request.model, arrays,
+                        snapshot.raw["models"].get(key, {}).get("max_batch_size") or 1)
         decoded = time.monotonic()
         budget_s = max(0.001, self.config.request_timeout_s - exchange.waited_s)
         tensors, timing = self.client.infer(
@@ -178,6 +188,19 @@ class V2Inference:
             raise InvalidInput(f"input {spec.name!r} is empty")
         by_workers = self.config.images_decoded_by_workers
         return image_input(data, spec, self.limits, decode=not by_workers), by_workers
+
+
+def _check_rows(model: str, arrays: Mapping[str, np.ndarray], max_batch_size: int) -> None:
+    """Axis 0 is -1 in the metadata: any number of rows, the same in every input, up to
+    the model's max_batch_size (what one forward is sized for)."""
+    rows = {name: int(array.shape[0]) for name, array in arrays.items() if array.ndim}
+    if len(set(rows.values())) > 1:
+        raise InvalidInput(f"every input of {model!r} must have the same number of rows "
+                           f"(axis 0), got {rows}")
+    count = next(iter(rows.values()), 1)
+    if count > max_batch_size:
+        raise InvalidInput(f"{count} rows in one request; model {model!r} takes at most "
+                           f"{max_batch_size} (its max_batch_size)")
 
 
 def _model_layout(spec: TensorSpec, tensor: Tensor) -> np.ndarray:

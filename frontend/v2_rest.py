@@ -49,8 +49,7 @@ def v2_routes(inference: V2Inference, catalog: Catalog, version: str,
 
     def model_ready(environ: dict[str, Any], exchange: Exchange, headers: Headers,
                     model: str, model_version: str | None = None) -> bytes:
-        _, key, _ = inference.resolve(model, model_version)
-        if not catalog.fetch().model_ready(key):
+        if not inference.model_ready(model, model_version):
             raise ServiceUnavailable(f"model {model!r} has no ready worker")
         return json_bytes({"name": model, "ready": True})
 

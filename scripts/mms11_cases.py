@@ -159,20 +159,32 @@ def masked(value: Any) -> Any:
 
 def build_store(store: Path, archiver: Path) -> None:
     """digits.mar and echo.mar, made by the real model-archiver from the template folders."""
+    store.mkdir(parents=True, exist_ok=True)
+    build_template_mar("digits", WEIGHTS, store, archiver)
+    _archive("echo", "echo_service:handle", TEMPLATE / "echo", store, archiver)
+
+
+def build_template_mar(name: str, weights: Path, store: Path, archiver: Path) -> Path:
+    """`name`.mar: the template's vision service on the weights, signature and synset of
+    an MMS 0.4 archive whose checkpoint prefix is `name`."""
     import zipfile
 
-    store.mkdir(parents=True, exist_ok=True)
-    for name, handler, folder in (("digits", "mxnet_vision_service:handle", "vision"),
-                                  ("echo", "echo_service:handle", "echo")):
-        with tempfile.TemporaryDirectory() as work:
-            source = Path(work) / name
-            shutil.copytree(TEMPLATE / folder, source,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-            if name == "digits":
-                with zipfile.ZipFile(WEIGHTS) as archive:
-                    for entry in ("digits-symbol.json", "digits-0000.params",
-                                  "signature.json", "synset.txt"):
-                        archive.extract(entry, source)
-            subprocess.run([str(archiver), "--model-name", name, "--model-path", str(source),
-                            "--handler", handler, "--export-path", str(store), "-f"],
-                           check=True, capture_output=True, timeout=120)
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work) / name
+        shutil.copytree(TEMPLATE / "vision", source,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        with zipfile.ZipFile(weights) as archive:
+            for entry in archive.namelist():
+                if entry not in ("MANIFEST.json", "mxnet_vision_service.py"):
+                    archive.extract(entry, source)
+        return _archive(name, "mxnet_vision_service:handle", source, store, archiver)
+
+
+def _archive(name: str, handler: str, folder: Path, store: Path, archiver: Path) -> Path:
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work) / name
+        shutil.copytree(folder, source, ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run([str(archiver), "--model-name", name, "--model-path", str(source),
+                        "--handler", handler, "--export-path", str(store), "-f"],
+                       check=True, capture_output=True, timeout=120)
+    return store / f"{name}.mar"

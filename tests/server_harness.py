@@ -68,8 +68,9 @@ def wait_gone(pids: set[int], timeout_s: float) -> set[int]:
 
 class Server:
     """`mxserve start` in a child process. As a context manager it waits until ready (or,
-    with `until="settled"`, until no model is still loading), and on leaving stops it (if
-    still running) and fails the test unless it exited 0."""
+    with `until="settled"`, until no model is still loading, or with `until="required"`,
+    until /readyz says the required models are ready), and on leaving stops it (if still
+    running) and fails the test unless it exited 0."""
 
     def __init__(self, models: list[str], *extra: str, frontend_workers: int = 2,
                  env: dict[str, str] | None = None, token_file: bool = True,
@@ -107,6 +108,8 @@ class Server:
 
     def __enter__(self) -> Server:
         try:
+            if self.until == "required":
+                return self.wait_required()
             return self.wait_ready() if self.until == "ready" else self.wait_settled()
         except BaseException:
             self.kill_tree()
@@ -135,6 +138,17 @@ class Server:
             return True
         except OSError:
             return False
+
+    def wait_required(self, timeout_s: float = 180.0) -> Server:
+        """/readyz 200: the required models are ready, whatever the others are doing."""
+        def ready() -> bool:
+            assert self.process.poll() is None, self.log_text()[-3000:]
+            return requests.get(self.url + "/readyz", timeout=2).status_code == 200
+
+        eventually(ready, timeout_s, "/readyz 200", every_s=0.2)
+        if self.grpc_port:
+            eventually(self._grpc_listening, 30, "the gRPC listener")
+        return self
 
     def wait_settled(self, timeout_s: float = 120.0) -> Server:
         """Every model ready or failed (/ping answers, 503 while one has failed)."""

@@ -172,6 +172,11 @@ def inputs_in_order(signature: Signature, item: Item, limits: ImageLimits = DEFA
                 raise InvalidInput(f"input {spec.name!r} must be a uint8 image of shape "
                                    f"{list(expected)} (H, W, C), got {array.dtype} "
                                    f"{list(array.shape)}")
+        elif asked.outputs is not None:  # KServe v2: rows on axis 0, as its metadata says
+            if not spec.accepts_rows(array.shape):
+                raise InvalidInput(f"input {spec.name!r} must have shape "
+                                   f"[N, {', '.join(map(str, spec.shape[1:]))}] (0 = any), "
+                                   f"got {list(array.shape)}")
         elif not spec.accepts(array.shape) or array.shape[0] < 1:
             raise InvalidInput(f"input {spec.name!r} must have shape {list(spec.shape)} "
                                f"(0 = any), got {list(array.shape)}")

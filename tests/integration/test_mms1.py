@@ -291,7 +291,7 @@ def test_a_failed_optional_model_keeps_the_instance_ready_and_says_so_for_good(m
         "status"] == "failed", 60, "the model failed")
     try:
         refused = requests.post(f"{mms1.url}/predictions/fails", timeout=30)
-        assert refused.status_code == 500 and refused.json()["type"] == "InternalServerException"
+        assert refused.status_code == 500 and refused.json()["type"] == "ModelFailed"
         assert "the weights are missing" in refused.json()["message"]
         assert "Retry-After" not in refused.headers  # retrying will not help
         assert requests.get(f"{mms1.url}/ping", timeout=10).status_code == 503  # MMS 0.4's

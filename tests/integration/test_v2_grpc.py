@@ -50,7 +50,10 @@ def top(client, model: str, photo: bytes, count: int, module=triton) -> list[str
 
 def test_health_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("digits") and not client.is_model_ready("nope")
+    assert client.is_model_ready("digits")
+    with pytest.raises(InferenceServerException) as unknown:  # as REST's 404
+        client.is_model_ready("nope")
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
     metadata = client.get_server_metadata()
     assert metadata.name == "mxserve" and "classification" in metadata.extensions
     model = client.get_model_metadata("digits_mlp")

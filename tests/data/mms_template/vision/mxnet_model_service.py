@@ -44,9 +44,7 @@ class MXNetModelService(ModelHandler):
         if self.error is not None:
             return None
         batch = mx.nd.concat(*model_input, dim=0)
-        padding = self._batch_size - batch.shape[0]
-        if padding:  # the module is bound for the full batch size
-            batch = mx.nd.concat(batch, mx.nd.zeros((padding,) + batch.shape[1:]), dim=0)
+        # a smaller batch than the module was bound for: Module.forward reshapes to it
         self.mx_model.forward(mx.io.DataBatch([batch]))
         outputs = self.mx_model.get_outputs()[0]
         return [outputs[i:i + 1] for i in range(len(model_input))]
