@@ -356,13 +356,17 @@ def main() -> None:
                        [r[key] for r in decode["frontends"]])
     protocol_runs = results.get("alternating_protocols_at_32")
     if protocol_runs:
-        for protocol, label in (("predictions", "MMS 1.x /predictions (raw body)"),
-                                ("v2-rest binary", "KServe v2 REST (binary)"),
-                                ("v2-grpc", "KServe v2 gRPC")):
-            ratios[f"resnet18 {label} / predict throughput, 32 connections, alternating "
+        for protocol, label, baseline in (
+                ("predictions", "MMS 1.x /predictions (raw body)", "predict"),
+                ("template predictions", "template-shaped .mar /predictions", "predict"),
+                ("template predictions", "template-shaped .mar /predictions",
+                 "template predict"),
+                ("v2-rest binary", "KServe v2 REST (binary)", "predict"),
+                ("v2-grpc", "KServe v2 gRPC", "predict")):
+            ratios[f"resnet18 {label} / {baseline} throughput, 32 connections, alternating "
                    "rounds: median (each)"] = round_ratios(
                        [r["requests_per_s"] for r in protocol_runs["runs"][protocol]],
-                       [r["requests_per_s"] for r in protocol_runs["runs"]["predict"]])
+                       [r["requests_per_s"] for r in protocol_runs["runs"][baseline]])
     ratios["resnet18 limit drift over the resnet18 runs (after / before)"] = limit[
         "drift_after_before"]
     ratios["resnet18 idle PSS of all server processes, MiB"] = results["served"][

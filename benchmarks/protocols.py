@@ -2,7 +2,8 @@
 /predict (a multipart form, under wrk), MMS 1.x's /predictions (the JPEG as the raw body,
 under wrk), the same weights in a `.mar` whose handler is shaped as MMS 1.x's
 model_service_template's vision service (tests/data/mms_template) on /predictions with the
-same batch size, KServe v2 REST with the binary tensor data
+same batch size (and the same handler through /<model>/predict's form, so the route alone is
+compared too), KServe v2 REST with the binary tensor data
 extension (the JPEG as a BYTES tensor, under wrk) and KServe v2 gRPC (the same tensor as
 raw_input_contents, from a grpc.aio client keeping the same number of calls in flight).
 Ratios are each protocol / predict per round, and their median; each round starts with the
@@ -26,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import mms11_cases  # noqa: E402
-from served import ROOT, Stack, free_port, run_wrk  # noqa: E402
+from served import LUA, ROOT, Stack, free_port, run_wrk  # noqa: E402
 
 from mxserve.common.proctree import cpu_seconds  # noqa: E402
 
@@ -113,6 +114,9 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
             "BENCH_FILE": str(models_dir / "examples" / "china.jpg"),
             "BENCH_CONTENT_TYPE": "image/jpeg"})
         template = ("/predictions/resnet18-template", RAW_LUA, predictions[2])
+        template_form = ("/resnet18-template/predict", LUA, {
+            "BENCH_FILE": str(models_dir / "examples" / "china.jpg"), "BENCH_FIELD": "data",
+            "BENCH_FILENAME": "china.jpg"})
         grpc_port = free_port()
         store = Path(folder) / "store"
         mar = mms11_cases.build_template_mar("resnet18", models_dir / "resnet18.model", store,
@@ -128,6 +132,8 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
                                            duration),
                 "predictions": lambda: run_wrk(stack, "resnet18", models_dir, connections,
                                                duration, predictions),
+                "template predict": lambda: run_wrk(stack, "resnet18", models_dir,
+                                                    connections, duration, template_form),
                 "template predictions": lambda: run_wrk(stack, "resnet18", models_dir,
                                                         connections, duration, template),
                 "v2-rest binary": lambda: run_wrk(stack, "resnet18", models_dir, connections,
@@ -144,11 +150,17 @@ def compare(models_dir: Path, rounds: int, duration: float, connections: int) ->
         finally:
             stack.stop()
     result: dict[str, Any] = {"connections": connections, "runs": runs}
-    for protocol in ("predictions", "template predictions", "v2-rest binary", "v2-grpc"):
+    pairs = [(protocol, "predict") for protocol in
+             ("predictions", "template predict", "template predictions", "v2-rest binary",
+              "v2-grpc")]
+    # the route alone: the same template handler through /predictions and through /predict
+    pairs.append(("template predictions", "template predict"))
+    for protocol, baseline in pairs:
         ratios = [v["requests_per_s"] / p["requests_per_s"]
-                  for p, v in zip(runs["predict"], runs[protocol])]
-        result[f"{protocol} / predict throughput per round"] = [round(r, 3) for r in ratios]
-        result[f"{protocol} / predict throughput, median"] = round(statistics.median(ratios), 3)
+                  for p, v in zip(runs[baseline], runs[protocol])]
+        label = f"{protocol} / {baseline}"
+        result[f"{label} throughput per round"] = [round(r, 3) for r in ratios]
+        result[f"{label} throughput, median"] = round(statistics.median(ratios), 3)
     return result
 
 
@@ -164,7 +176,7 @@ def main() -> None:
         print(label, [(r["requests_per_s"], r["non_2xx"], r["server_cpu_ms_per_request"])
                       for r in each])
     for key, value in result.items():
-        if "/ predict" in key:
+        if "throughput" in key:
             print(key, value)
 
 

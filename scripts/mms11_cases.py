@@ -159,7 +159,6 @@ def masked(value: Any) -> Any:
 
 def build_store(store: Path, archiver: Path) -> None:
     """digits.mar and echo.mar, made by the real model-archiver from the template folders."""
-    store.mkdir(parents=True, exist_ok=True)
     build_template_mar("digits", WEIGHTS, store, archiver)
     _archive("echo", "echo_service:handle", TEMPLATE / "echo", store, archiver)
 
@@ -169,6 +168,7 @@ def build_template_mar(name: str, weights: Path, store: Path, archiver: Path) ->
     an MMS 0.4 archive whose checkpoint prefix is `name`."""
     import zipfile
 
+    store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         source = Path(work) / name
         shutil.copytree(TEMPLATE / "vision", source,
