@@ -49,11 +49,11 @@ MANIFEST_SCHEMA: dict[str, Any] = {
 }
 
 # Model names appear in URL paths (/<name>/predict) and in file names: keep them plain.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def validate_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _MODEL_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or ".." in name:
         raise ArchiveError(f"invalid model name {name!r}: use letters, digits, '_', '-', '.' "
                            "(starting with a letter or digit, at most 128 characters)")
     return name

@@ -43,9 +43,9 @@ MAR_MANIFEST_SCHEMA: dict[str, Any] = {
 
 # A dotted module path with an optional function: no paths, so an import stays in the archive.
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
-_HANDLER = re.compile(rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*(:{_IDENTIFIER})?$")
+_HANDLER = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})*(:{_IDENTIFIER})?")
 # A version is a path segment of /predictions/<model>/<version> and part of a model's key.
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,12 @@ def parse_mar_manifest(raw: Any) -> MarManifest:
     handler = model["handler"]
     if handler.endswith(".py") and ":" not in handler:
         handler = handler[:-3]  # model-archiver accepts a file name as the module
-    if not _HANDLER.match(handler):
+    if not _HANDLER.fullmatch(handler):
         raise ArchiveError(f"{MAR_MANIFEST}: model.handler {model['handler']!r} must be a "
                            "module name, optionally with ':function'")
     module, _, function = handler.partition(":")
     version = str(model.get("modelVersion", "1.0"))
-    if not _VERSION.match(version) or ".." in version:
+    if not _VERSION.fullmatch(version) or ".." in version:
         raise ArchiveError(f"{MAR_MANIFEST}: model.modelVersion {version[:70]!r} must be "
                            "letters, digits, '_', '-' and '.' (at most 64 characters)")
     return MarManifest(model_name=validate_model_name(model["modelName"]), module=module,

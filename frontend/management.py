@@ -10,10 +10,11 @@ write also takes mxserve's JSON body, as the same operation:
 
     GET    /models?limit=&next_page_token=   {"models": [{"modelName", "modelUrl"}],
                                               "nextPageToken"?}
-    GET    /models/<name>[/<version>|/all]   [{"modelName", "modelVersion", "isDefault",
+    GET    /models/<name>[/<version>|/all]   {"modelName", "modelVersion", "isDefault",
                                 "modelUrl", "minWorkers", "batchSize", "workers": [{"id",
                                 "startTime", "status", "memoryUsage", ...}], ...and
-                                mxserve's: status, ready, queue, restarts, error}]
+                                mxserve's: status, ready, queue, restarts, error} (/all:
+                                a list of every version)
     POST   /models?url=&model_name=&initial_workers=&batch_size=&max_batch_delay=
            &response_timeout=&synchronous=    or {"path" | "url", "name", "workers",
                                 "max_batch_size", "max_batch_delay_ms", "synchronous",
@@ -50,7 +51,14 @@ from flask import Flask, Response, jsonify, request
 from mxserve.common import metrics
 from mxserve.common.archive import ExtractionLimits, load_archive
 from mxserve.common.config import Config
-from mxserve.common.errors import ArchiveError, Forbidden, InvalidInput, ModelNotFound, NotFound
+from mxserve.common.errors import (
+    ArchiveError,
+    Forbidden,
+    InvalidInput,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+)
 from mxserve.common.management_token import token_of
 from mxserve.common.protocol import key_parts
 from mxserve.common.url_allowlist import parse_allowlist
@@ -67,6 +75,7 @@ from mxserve.frontend.management_requests import (
 )
 from mxserve.frontend.request_context import listener
 
+MANAGEMENT_PATHS = frozenset({"/models", "/metrics"})  # and everything under /models/
 MANAGE_TIMEOUT_S = 10.0
 # mxserve's own figures in a description ("workers" is the worker list: minWorkers counts them)
 SUMMARY_KEYS = ("status", "ready", "devices", "threads_per_worker",
@@ -80,15 +89,25 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
     hosts = allowed_host_names(config.management_host, config.management_allowed_hosts)
     allowlist = parse_allowlist(config.model_url_allowlist)
 
+    @app.before_request
+    def management_paths_answer_only_here() -> None:
+        """Any method on a management path, an unknown one included, is checked before
+        routing: 404 on other listeners, then the Host, Origin and token checks."""
+        path = request.path
+        if not (path in MANAGEMENT_PATHS or path.startswith("/models/")):
+            return
+        address = listener()
+        if not (config.management_port and isinstance(address, tuple)
+                and address[1] == config.management_port):
+            raise NotFound("no such route on this listener (see /api-description)")
+        check_host_and_origin(request.environ, hosts)
+        if config.management_auth:
+            check_token(request.headers.get("Authorization", ""), token)
+        if request.method == "OPTIONS":  # no CORS preflight: browsers are refused anyway
+            raise MethodNotAllowed("OPTIONS is not answered on the management API")
+
     def guarded(view: Callable[..., Any], changes_models: bool = False) -> Callable[..., Any]:
         def check(**kwargs: Any) -> Any:
-            address = listener()
-            if not (config.management_port and isinstance(address, tuple)
-                    and address[1] == config.management_port):
-                raise NotFound("no such route on this listener (see /api-description)")
-            check_host_and_origin(request.environ, hosts)
-            if config.management_auth:
-                check_token(request.headers.get("Authorization", ""), token)
             if changes_models and not config.enable_model_api:
                 raise Forbidden("registering and removing models is off on this server "
                                 "(start it with --enable-model-api)")

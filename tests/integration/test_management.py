@@ -71,9 +71,16 @@ def noop(managed, name, row=(1.0, 2.0, 3.0, 4.0)):
 
 
 def test_management_routes_exist_only_on_the_management_listener(managed):
-    for path in ("/models", "/models/digits", "/metrics"):
-        assert_error(requests.get(managed.url + path, timeout=10), 404,
-                     "ResourceNotFoundException" if path.startswith("/models") else "NotFound")
+    for path in ("/models", "/models/digits", "/metrics", "/models/digits/1.0/set-default"):
+        for method in ("GET", "OPTIONS", "POST", "PUT", "DELETE", "PATCH", "TRACE"):
+            assert_error(requests.request(method, managed.url + path, timeout=10), 404,
+                         "ResourceNotFoundException" if path.startswith("/models")
+                         else "NotFound")
+    # on its own listener, nothing answers before the token: not even a preflight
+    for method in ("OPTIONS", "PATCH"):
+        refused = requests.request(method, f"{managed.admin}/models", timeout=10)
+        assert refused.status_code == 401, (method, refused.text)
+    assert managed.api.options(f"{managed.admin}/models", timeout=10).status_code == 405
     listing = managed.api.get(f"{managed.admin}/models", timeout=10).json()["models"]
     assert {"modelName": "digits", "modelUrl": managed.digits_archive.name} in listing
     digits = model(managed, "digits")

@@ -46,6 +46,10 @@ def test_the_manifest_model_archiver_writes_is_read():
     (manifest(modelVersion="2.0/evil"), "modelVersion"),
     (manifest(modelVersion="v" * 65), "modelVersion"),
     (manifest(modelVersion="2@0"), "modelVersion"),
+    # `$` matches before a final newline: every pattern must match the whole string
+    (manifest(modelVersion="2.0\n"), "modelVersion"),
+    (manifest(modelName="digits\n"), "invalid model name"),
+    (manifest(handler="svc:handle\n"), "model.handler"),
     ({"runtime": "python"}, "model"),
     ([], "invalid"),
 ])
