@@ -190,3 +190,15 @@ def test_a_handler_that_fails_to_initialise_fails_the_load(tmp_path):
     (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest(handler="bad")))
     with pytest.raises(ArchiveError, match="no weights"):
         HandlerService(load_archive(tmp_path), None, 1)
+
+
+def test_an_unreadable_archive_is_keyed_by_its_file_name_never_its_path(tmp_path):
+    from mxserve.worker.broker.models import load_configured
+
+    broken = tmp_path / "secret-dir" / "broken.mar"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a zip")
+    config = load_config({"models": [str(broken)]}, env={})
+    models, _ = load_configured(config, tmp_path / "extracted")
+    assert list(models) == ["broken.mar"]
+    assert models["broken.mar"].error and str(tmp_path) not in "".join(models)

@@ -39,7 +39,8 @@ def load_configured(config: Config, extract_root: Path
         try:
             archive = load_archive(path, extract_root, name=name)
         except MXServeError as exc:
-            label = name or path
+            # named by its file name: a key is shown to anyone by /ping and 404 bodies
+            label = name or Path(path).name or "unnamed"
             log.error("model %s cannot be served: %s", label, exc.message)
             models[label] = ModelState(archive=None, error=exc.message, name=label)
             continue
