@@ -223,7 +223,20 @@ def test_the_kserve_runtime_serves_v2_on_the_image_port_with_truthful_probes():
     assert [p["containerPort"] for p in container["ports"]] == [config.port]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": config.port}
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": config.port}
-    service = _kserve("inference-service.yaml")["spec"]["predictor"]["model"]
+    # as locked down as the base Deployment's container, with /tmp the one writable place
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["runAsNonRoot"] is True
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["allowPrivilegeEscalation"] is False
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}} in runtime["spec"]["volumes"]
+    # no scrape annotation pointing at a route that needs a token it cannot send
+    assert not any(key.startswith("prometheus") for key in
+                   runtime["spec"].get("annotations", {}))
+    predictor = _kserve("inference-service.yaml")["spec"]["predictor"]
+    assert predictor["automountServiceAccountToken"] is False
+    service = predictor["model"]
     assert service["runtime"] == runtime["metadata"]["name"]
     assert service["modelFormat"]["name"] == "mxnet" and service["protocolVersion"] == "v2"
 
