@@ -11,9 +11,10 @@
    `client_body_timeout_s` plus the body's length at `client_min_body_rate` for the body;
    a client that misses its deadline gets 408 and is closed. `Expect: 100-continue` is
    answered here, since the body is read here.
-2. Health checks never wait behind predictions. Complete requests whose first bytes are
-   `GET /ping` or `GET / ` go to a small pool of their own, so a load balancer's check is
-   not queued behind busy prediction threads.
+2. Health checks never wait behind predictions. Complete requests for `/ping`, `/`,
+   `/livez`, `/readyz` or the v2 health routes (GET or HEAD) go to a small pool of their
+   own, so neither a load balancer's check nor a kubelet's probe is queued behind busy
+   prediction threads.
 3. A bounded number of connections. Past `max_connections` per process a new connection
    is answered 503 + Retry-After and closed, instead of waiting unseen in the backlog.
 4. gunicorn's own refusals are JSON. Requests it cannot parse (a request line over
@@ -67,8 +68,11 @@ from mxserve.frontend.request_reader import CONTINUE, header_end, progress, with
 
 HEALTH_THREADS = 2
 SWITCH_INTERVAL_S = 0.002
-HEALTH_REQUESTS = (b"GET /ping ", b"GET /ping?", b"GET / ", b"HEAD /ping ", b"HEAD / ",
-                   b"GET /v2/health/")
+HEALTH_REQUESTS = tuple(f"{method} {path}{end}".encode()
+                        for method in ("GET", "HEAD")
+                        for path in ("/ping", "/livez", "/readyz", "/v2/health/live",
+                                     "/v2/health/ready")
+                        for end in (" ", "?")) + (b"GET / ", b"HEAD / ")
 PEEK_BYTES = max(len(prefix) for prefix in HEALTH_REQUESTS)
 RECV_BYTES = 256 * 1024
 DISCARD_BYTES = 64 * 1024 * 1024  # at most this much of a refused body is read and dropped
