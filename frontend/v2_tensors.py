@@ -51,11 +51,25 @@ def checked_shape(name: str, shape: Any, max_elements: int) -> tuple[int, ...]:
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                        for d in shape)):
         raise InvalidInput(f"input {name!r}: shape must be a list of up to 8 non-negative "
-                           f"integers, got {shape!r}")
+                           f"integers, got {_shown(shape)}")
+    # each dimension alone first: [0, 2**62] holds no element but no array can take it, and
+    # a number of thousands of digits cannot even be printed in the message
+    if any(d > max_elements for d in shape):
+        raise PayloadTooLarge(f"input {name!r}: a dimension is over the limit of "
+                              f"{max_elements} elements")
     if math.prod(shape) > max_elements:
         raise PayloadTooLarge(f"input {name!r}: shape {list(shape)} holds {math.prod(shape)} "
                               f"elements; the limit is {max_elements}")
     return tuple(shape)
+
+
+def _shown(value: Any) -> str:
+    """A client's shape for a message, at most 80 characters, whatever numbers it holds."""
+    if isinstance(value, (list, tuple)):
+        parts = [str(v) if isinstance(v, int) and v.bit_length() <= 64 else
+                 "<huge>" if isinstance(v, int) else repr(v)[:20] for v in value[:9]]
+        return f"[{', '.join(parts)}]"[:80]
+    return repr(value)[:80] if not isinstance(value, int) else "<a number>"
 
 
 def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Tensor:

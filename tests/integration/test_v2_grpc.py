@@ -219,6 +219,14 @@ def test_typed_contents_are_checked_like_json_data(server):
             infer(bad.SerializeToString(), timeout=30)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (datatype,
                                                                           refused.value)
+    # a dimension no array can take, though the shape holds no element: refused, not INTERNAL
+    absurd = triton.service_pb2.ModelInferRequest(model_name="digits_mlp")
+    absurd.inputs.add(name="data", datatype="FP32", shape=[0, 2 ** 62])
+    absurd.raw_input_contents.append(b"")
+    with pytest.raises(grpc.RpcError) as refused:
+        infer(absurd.SerializeToString(), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+    assert "dimension" in refused.value.details()
     channel.close()
 
 

@@ -140,6 +140,11 @@ def row_input(**changes) -> dict:
     ("digits", {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1],
                             "data": ["not an image"]}]}, 415, "JPEG or PNG"),
     ("nope", {"inputs": [row_input()]}, 404, "not loaded"),
+    # absurd dimensions: counted with integers and refused, never a 500
+    ("digits_mlp", {"inputs": [row_input(shape=[0, 2 ** 62], data=[])]}, 413, "dimension"),
+    ("digits_mlp", {"inputs": [row_input(shape=[0, int("9" * 4000)], data=[])]}, 413,
+     "dimension"),
+    ("digits_mlp", {"inputs": [row_input(shape=[0, 1e20], data=[])]}, 400, "integers"),
 ])
 def test_every_client_mistake_is_a_4xx_error_object(server, model, body, status, words):
     answer = raw_infer(server, model, json.dumps(body).encode())
