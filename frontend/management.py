@@ -106,9 +106,10 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         if request.method == "OPTIONS":  # no CORS preflight: browsers are refused anyway
             raise MethodNotAllowed("OPTIONS is not answered on the management API")
 
-    def guarded(view: Callable[..., Any], changes_models: bool = False) -> Callable[..., Any]:
+    def model_api(view: Callable[..., Any]) -> Callable[..., Any]:
+        """Registering and removing models run an archive's code: only when enabled."""
         def check(**kwargs: Any) -> Any:
-            if changes_models and not config.enable_model_api:
+            if not config.enable_model_api:
                 raise Forbidden("registering and removing models is off on this server "
                                 "(start it with --enable-model-api)")
             return view(**kwargs)
@@ -142,12 +143,10 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         return f'"{name}" version {version}' if version else f'"{name}"'
 
     @app.get("/metrics")
-    @guarded
     def prometheus_metrics() -> Any:
         return Response(metrics.render(), mimetype=metrics.CONTENT_TYPE)
 
     @app.get("/models")
-    @guarded
     def list_models() -> Any:
         """MMS 1.x's listing: names and archive names, a page at a time."""
         limit = int_parameter("limit", 100, 1, MAX_PAGE)
@@ -164,7 +163,6 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         return jsonify(listing)
 
     @app.get("/models/<name>")
-    @guarded
     def describe_model(name: str, version: str | None = None) -> Any:
         """The default version, one version, or (`all`) every version."""
         if version == "all":
@@ -180,7 +178,6 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
                      methods=["GET"])
 
     @app.put("/models/<name>/<version>/set-default")
-    @guarded
     def set_default(name: str, version: str) -> Any:
         client.manage("set_default", {"name": key_of(name, version)}, MANAGE_TIMEOUT_S)
         catalog.fetch()
@@ -207,11 +204,10 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
             raise ArchiveError(f"model {archive.name!r} failed to load: {model.get('error')}")
         return jsonify(status="Workers scaled")  # MMS 1.1's words once the workers are up
 
-    app.add_url_rule("/models", "register_model", guarded(register_model, True),
+    app.add_url_rule("/models", "register_model", model_api(register_model),
                      methods=["POST"])
 
     @app.put("/models/<name>")
-    @guarded
     def scale_model(name: str, version: str | None = None) -> Any:
         asked = scaling()
         settings = settings_of(asked)
@@ -252,10 +248,10 @@ def add_management_routes(app: Flask, config: Config, client: BrokerClient,
         return jsonify(status=f"Model {label(key)} is unregistering: its queued requests "
                        "are finishing"), 202
 
-    app.add_url_rule("/models/<name>", "delete_model", guarded(delete_model, True),
+    app.add_url_rule("/models/<name>", "delete_model", model_api(delete_model),
                      methods=["DELETE"])
     app.add_url_rule("/models/<name>/<version>", "delete_version",
-                     guarded(delete_model, True), methods=["DELETE"])
+                     model_api(delete_model), methods=["DELETE"])
 
 
 def model_url(name: str, model: dict[str, Any], store: str) -> str:

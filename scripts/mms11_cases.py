@@ -160,27 +160,35 @@ def masked(value: Any) -> Any:
 def build_store(store: Path, archiver: Path) -> None:
     """digits.mar and echo.mar, made by the real model-archiver from the template folders."""
     build_template_mar("digits", WEIGHTS, store, archiver)
-    _archive("echo", "echo_service:handle", TEMPLATE / "echo", store, archiver)
+    archive_folder("echo", "echo_service:handle", TEMPLATE / "echo", store, archiver)
 
 
 def build_template_mar(name: str, weights: Path, store: Path, archiver: Path) -> Path:
     """`name`.mar: the template's vision service on the weights, signature and synset of
     an MMS 0.4 archive whose checkpoint prefix is `name`."""
-    import zipfile
-
-    store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         source = Path(work) / name
         shutil.copytree(TEMPLATE / "vision", source,
                         ignore=shutil.ignore_patterns("__pycache__"))
-        with zipfile.ZipFile(weights) as archive:
-            for entry in archive.namelist():
-                if entry not in ("MANIFEST.json", "mxnet_vision_service.py"):
-                    archive.extract(entry, source)
-        return _archive(name, "mxnet_vision_service:handle", source, store, archiver)
+        extract_weights(weights, source)
+        return archive_folder(name, "mxnet_vision_service:handle", source, store, archiver)
 
 
-def _archive(name: str, handler: str, folder: Path, store: Path, archiver: Path) -> Path:
+def extract_weights(model_archive: Path, folder: Path) -> None:
+    """An MMS 0.4 archive's symbol, parameters, signature and synset into `folder`, without
+    its manifest and service."""
+    import zipfile
+
+    with zipfile.ZipFile(model_archive) as archive:
+        for entry in archive.namelist():
+            if entry not in ("MANIFEST.json", "mxnet_vision_service.py"):
+                archive.extract(entry, folder)
+
+
+def archive_folder(name: str, handler: str, folder: Path, store: Path, archiver: Path) -> Path:
+    """`store`/`name`.mar of what `folder` holds, made by the real model-archiver with
+    `handler` as the manifest's model.handler."""
+    store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         source = Path(work) / name
         shutil.copytree(folder, source, ignore=shutil.ignore_patterns("__pycache__"))

@@ -38,6 +38,7 @@ def sample_models() -> dict[str, Path]:
 
 
 MAR_SERVICES = DATA / "mar_services"
+ARCHIVER = Path(sys.executable).parent / "model-archiver"  # MMS 1.x's, a test dependency
 
 
 def build_mar(model_archive: Path, handler_file: Path, handler: str, name: str,
@@ -46,54 +47,49 @@ def build_mar(model_archive: Path, handler_file: Path, handler: str, name: str,
     and synset of an MMS 0.4 sample archive (`model_archive`, or None for none) beside
     `handler_file`, with `handler` as the manifest's model.handler."""
     import shutil
-    import subprocess
+    import tempfile
+
+    import mms11_cases
+
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work)
+        if model_archive is not None:
+            mms11_cases.extract_weights(model_archive, source)
+        shutil.copy(handler_file, source)
+        return mms11_cases.archive_folder(name, handler, source, export_dir, ARCHIVER)
+
+
+def rewritten(archive: Path, out: Path, entry_name: str, change) -> Path:
+    """A copy of the zip `archive` at `out` with `change(bytes) -> bytes` applied to one
+    entry: test archives that differ from a real one in a single file."""
     import zipfile
 
-    source = export_dir / f"{name}-source"
-    source.mkdir(parents=True)
-    if model_archive is not None:
-        with zipfile.ZipFile(model_archive) as zf:
-            for entry in zf.namelist():
-                if entry not in ("MANIFEST.json", "mxnet_vision_service.py"):
-                    zf.extract(entry, source)
-    shutil.copy(handler_file, source)
-    archiver = Path(sys.executable).parent / "model-archiver"
-    subprocess.run([str(archiver), "--model-name", name, "--model-path", str(source),
-                    "--handler", handler, "--export-path", str(export_dir), "-f"],
-                   check=True, capture_output=True, timeout=60)
-    shutil.rmtree(source)
-    return export_dir / f"{name}.mar"
+    with zipfile.ZipFile(archive) as source, \
+            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dest:
+        for entry in source.namelist():
+            data = source.read(entry)
+            dest.writestr(entry, change(data) if entry == entry_name else data)
+    return out
 
 
 def with_version(mar: Path, version: str, out: Path) -> Path:
     """`mar` as torch-model-archiver's --version would have made it: model.modelVersion set
     in its manifest (model-archiver 1.0 writes none)."""
     import json
-    import zipfile
 
-    with zipfile.ZipFile(mar) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dest:
-        for entry in source.namelist():
-            data = source.read(entry)
-            if entry == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"]["modelVersion"] = version
-                data = json.dumps(manifest, indent=2).encode()
-            dest.writestr(entry, data)
-    return out
+    def versioned(data: bytes) -> bytes:
+        manifest = json.loads(data)
+        manifest["model"]["modelVersion"] = version
+        return json.dumps(manifest, indent=2).encode()
+
+    return rewritten(mar, out, "MAR-INF/MANIFEST.json", versioned)
 
 
 def relabelled(model_archive: Path, prefix: str, out: Path) -> Path:
     """An MMS 0.4 archive whose synset labels carry `prefix`: the same weights answering
     with labels that tell which copy answered."""
-    import zipfile
-
-    with zipfile.ZipFile(model_archive) as source, zipfile.ZipFile(out, "w") as dest:
-        for entry in source.namelist():
-            data = source.read(entry)
-            if entry == "synset.txt":
-                data = "\n".join(prefix + line for line in data.decode().splitlines()).encode()
-            dest.writestr(entry, data)
-    return out
+    return rewritten(model_archive, out, "synset.txt", lambda data: "\n".join(
+        prefix + line for line in data.decode().splitlines()).encode())
 
 
 def template_store(folder: Path) -> Path:
@@ -102,5 +98,5 @@ def template_store(folder: Path) -> Path:
     template's vision service on the MMS 0.4 digits weights) and echo.mar."""
     import mms11_cases
 
-    mms11_cases.build_store(folder, Path(sys.executable).parent / "model-archiver")
+    mms11_cases.build_store(folder, ARCHIVER)
     return folder

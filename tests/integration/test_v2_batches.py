@@ -5,7 +5,6 @@ every case."""
 from __future__ import annotations
 
 import json
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import MAR_SERVICES, build_mar
+from tests.conftest import MAR_SERVICES, build_mar, rewritten
 from tests.server_harness import Server, eventually
 
 MAX_BATCH_SIZE = 8
@@ -25,16 +24,13 @@ MAX_BATCH_SIZE = 8
 def one_row_signature(archive: Path, out: Path) -> Path:
     """The MMS 0.4 archive with axis 0 of every shape set to 1, as MMS 0.4's own examples
     wrote their signatures (data_shape [1, 64]), so nothing but the route allows rows."""
-    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w") as dest:
-        for entry in source.namelist():
-            data = source.read(entry)
-            if entry == "signature.json":
-                signature = json.loads(data)
-                for spec in signature["inputs"] + signature["outputs"]:
-                    spec["data_shape"][0] = 1
-                data = json.dumps(signature).encode()
-            dest.writestr(entry, data)
-    return out
+    def one_row(data: bytes) -> bytes:
+        signature = json.loads(data)
+        for spec in signature["inputs"] + signature["outputs"]:
+            spec["data_shape"][0] = 1
+        return json.dumps(signature).encode()
+
+    return rewritten(archive, out, "signature.json", one_row)
 
 
 @pytest.fixture(scope="module")

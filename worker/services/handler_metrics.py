@@ -55,10 +55,6 @@ class MetricsStore:
         self.cache: dict[tuple[Any, ...], list[Any]] = {}
         self.dropped = 0
 
-    @property
-    def store(self) -> list[list[Any]]:
-        return list(self.cache.values())
-
     def add_counter(self, name: str, value: float, idx: int | None = None,
                     dimensions: list[Any] | None = None) -> None:
         self._add(COUNTER, name, value, "count", idx, dimensions)
@@ -92,6 +88,8 @@ class MetricsStore:
         """What this batch recorded, for the broker: [kind, name, unit, [[dim, value]...],
         value] per distinct metric and request."""
         return list(self.cache.values())
+
+    store = property(entries)  # MMS 1.x's name for the same list
 
     def _add(self, kind: str, name: Any, value: Any, unit: str, idx: int | None,
              dimensions: list[Any] | None, error: bool = False) -> None:
